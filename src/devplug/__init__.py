@@ -1,0 +1,3 @@
+"""devplug: hot-pluggable host devices as Kubernetes extended resources."""
+
+__version__ = "0.1.0"

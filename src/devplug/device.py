@@ -1,0 +1,87 @@
+"""The device record every core module works on.
+
+Only the udev adapter (``devplug.udev``) builds these from pyudev; tests build them by hand
+with :func:`static_attrs`. Nothing here does I/O on its own: attribute values and file
+tests come through callables the adapter supplies, so the rules engine stays pure and
+attribute reads stay lazy (most rules never look at most attributes).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Optional
+
+import attrs
+
+#: Reads one sysfs attribute of a device, as udev's ``sd_device_get_sysattr_value`` would
+#: (trailing newline removed; symlink attributes such as ``driver`` give the link's basename).
+#: Returns ``None`` when the attribute is missing or unreadable.
+AttrReader = Callable[[str], Optional[str]]
+
+#: ``stat`` seam for ``TEST{mode}``: the st_mode of a path, or ``None`` when it does not exist.
+PathMode = Callable[[str], Optional[int]]
+
+_SYSNUM = re.compile(r"[0-9]+$")
+
+
+def static_attrs(values: Mapping[str, str]) -> AttrReader:
+    """An attribute reader over a fixed mapping, for tests and recorded devices."""
+    frozen = dict(values)
+    return frozen.get
+
+
+def no_attrs(_name: str) -> None:
+    return None
+
+
+@attrs.frozen(slots=True, eq=False, repr=False)
+class Device:
+    """One kernel device with what udev knows of it, plus its parent chain.
+
+    ``devpath`` is the kernel's DEVPATH (``/devices/...``, no ``/sys`` prefix).
+    ``properties`` are the udev/uevent properties (``ID_VENDOR_ID`` …).
+    ``symlinks`` are absolute ``/dev/...`` paths udev created for the node.
+    """
+
+    devpath: str
+    sysname: str
+    subsystem: Optional[str] = None
+    driver: Optional[str] = None
+    devtype: Optional[str] = None
+    devnode: Optional[str] = None
+    symlinks: tuple[str, ...] = ()
+    properties: Mapping[str, str] = attrs.field(factory=dict)
+    tags: frozenset[str] = frozenset()
+    read_attr: AttrReader = no_attrs
+    parent: Optional[Device] = None
+    sys_root: str = "/sys"
+
+    @property
+    def syspath(self) -> str:
+        return self.sys_root + self.devpath
+
+    @property
+    def sysnum(self) -> str:
+        """udev's ``%n``: the trailing digits of the kernel name, or empty."""
+        m = _SYSNUM.search(self.sysname)
+        return m.group(0) if m else ""
+
+    def chain(self) -> Iterator[Device]:
+        """The device itself, then each ancestor up to the root."""
+        dev: Optional[Device] = self
+        while dev is not None:
+            yield dev
+            dev = dev.parent
+
+    def find_parent(self, subsystem: str, devtype: Optional[str] = None) -> Optional[Device]:
+        """The nearest ancestor (not self) with this subsystem (and devtype)."""
+        for dev in self.chain():
+            if dev is self:
+                continue
+            if dev.subsystem == subsystem and (devtype is None or dev.devtype == devtype):
+                return dev
+        return None
+
+    def __repr__(self) -> str:
+        return f"Device({self.devpath!r}, subsystem={self.subsystem!r}, devnode={self.devnode!r})"
