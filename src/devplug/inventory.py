@@ -1,0 +1,266 @@
+"""The live inventory: every claimed device by stable ID, with its health. Pure state.
+
+Applying an update returns which resources changed; each resource keeps a version counter
+and a cached, sorted snapshot that is rebuilt only when that resource changes, so serving
+ListAndWatch and Allocate costs nothing per event for untouched resources.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Optional
+
+import attrs
+
+from .identity import sanitize_id, share_ids
+from .rules.model import Claim
+
+HOSTPATH_PREFIX = "hostpath:"
+
+HEALTHY = "Healthy"
+UNHEALTHY = "Unhealthy"
+
+
+@attrs.frozen(slots=True)
+class Entry:
+    """One schedulable device ID of one resource.
+
+    ``physical`` names the physical device (the same across replug and shared by the
+    ``SHARE`` copies); ``topology`` groups devices that share a parent (a USB hub, a PCI
+    bridge) for GetPreferredAllocation.
+    """
+
+    id: str
+    resource: str
+    healthy: bool
+    physical: str
+    claim: Claim
+    syspath: Optional[str] = None
+    devnode: Optional[str] = None
+    subsystem: Optional[str] = None
+    symlinks: tuple[str, ...] = ()
+    usb_node: Optional[str] = None
+    topology: Optional[str] = None
+    hostpath: bool = False
+    since: float = 0.0
+
+    @property
+    def health(self) -> str:
+        return HEALTHY if self.healthy else UNHEALTHY
+
+
+@attrs.frozen(slots=True)
+class Sighting:
+    """What the pipeline learned about one device: present or gone, and what rules say.
+
+    ``key`` identifies the device as the kernel sees it now (its syspath, or
+    ``hostpath:<path>``); ``base_id`` identifies it physically (see ``identity``).
+    A present device with ``resource=None`` is one no rule claims (any more).
+    """
+
+    key: str
+    present: bool
+    resource: Optional[str] = None
+    base_id: Optional[str] = None
+    claim: Optional[Claim] = None
+    devnode: Optional[str] = None
+    subsystem: Optional[str] = None
+    symlinks: tuple[str, ...] = ()
+    usb_node: Optional[str] = None
+    topology: Optional[str] = None
+    hostpath: bool = False
+
+
+@attrs.frozen(slots=True)
+class Change:
+    """What one update did: the resources whose device list changed, and the IDs touched."""
+
+    resources: frozenset[str] = frozenset()
+    ids: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.resources)
+
+
+@attrs.define(slots=True)
+class _Resource:
+    entries: dict[str, Entry] = attrs.field(factory=dict)
+    physical: dict[str, tuple[str, ...]] = attrs.field(factory=dict)  # base ID -> its IDs
+    version: int = 0
+    snapshot: Optional[tuple[Entry, ...]] = None
+
+
+class Inventory:
+    """Device ID → Entry per resource, with versioned, cached snapshots."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._resources: dict[str, _Resource] = {}
+        self._bound: dict[str, tuple[str, str]] = {}  # present device key -> (resource, base ID)
+        self._holder: dict[tuple[str, str], str] = {}  # (resource, base ID) -> present device key
+        self._clock = clock
+
+    # ---- queries -------------------------------------------------------------------
+    def resources(self) -> frozenset[str]:
+        return frozenset(self._resources)
+
+    def version(self, resource: str) -> int:
+        r = self._resources.get(resource)
+        return r.version if r else 0
+
+    def entries(self, resource: str) -> tuple[Entry, ...]:
+        """All entries of a resource sorted by ID; cached until the resource changes."""
+        r = self._resources.get(resource)
+        if r is None:
+            return ()
+        if r.snapshot is None:
+            r.snapshot = tuple(r.entries[k] for k in sorted(r.entries))
+        return r.snapshot
+
+    def get(self, resource: str, device_id: str) -> Optional[Entry]:
+        r = self._resources.get(resource)
+        return r.entries.get(device_id) if r else None
+
+    def all_entries(self) -> Iterable[Entry]:
+        for name in sorted(self._resources):
+            yield from self.entries(name)
+
+    def binding(self, key: str) -> Optional[tuple[str, str]]:
+        """(resource, base ID) a present device is bound to, if any."""
+        return self._bound.get(key)
+
+    def present_keys(self) -> frozenset[str]:
+        return frozenset(self._bound)
+
+    # ---- updates -------------------------------------------------------------------
+    def apply(self, sighting: Sighting) -> Change:
+        """Fold one sighting into the state; return what changed (empty when nothing did)."""
+        touched: dict[str, set[str]] = {}
+        self._apply(sighting, touched)
+        return self._finish(touched)
+
+    def resync(self, sightings: Iterable[Sighting], *, hostpath: bool = False) -> Change:
+        """Reconcile with a full enumeration: what is bound but not seen now is gone.
+
+        ``hostpath`` selects which family the enumeration covers (udev devices or host
+        paths), so a udev resync never marks host paths absent and vice versa.
+        """
+        touched: dict[str, set[str]] = {}
+        seen: set[str] = set()
+        for s in sightings:
+            seen.add(s.key)
+            self._apply(s, touched)
+        for key in list(self._bound):
+            if key not in seen and key.startswith(HOSTPATH_PREFIX) == hostpath:
+                self._apply(Sighting(key=key, present=False), touched)
+        return self._finish(touched)
+
+    def forget(self, resources: Iterable[str]) -> Change:
+        """Drop whole resources (no rule names them any more)."""
+        touched: dict[str, set[str]] = {}
+        for name in resources:
+            r = self._resources.pop(name, None)
+            if r is None:
+                continue
+            touched[name] = set(r.entries)
+            for base in r.physical:
+                key = self._holder.pop((name, base), None)
+                if key is not None:
+                    del self._bound[key]
+        return self._finish(touched)
+
+    # ---- internals -----------------------------------------------------------------
+    def _apply(self, s: Sighting, touched: dict[str, set[str]]) -> None:
+        if s.present and s.resource and s.base_id and s.claim:
+            self._claim(s, touched)
+            return
+        bound = self._bound.pop(s.key, None)
+        if bound is None:
+            return
+        self._holder.pop(bound, None)
+        if s.present:
+            # Still plugged in, but no rule claims it now: it leaves its resource.
+            self._drop(bound, touched)
+        else:
+            self._mark_unhealthy(bound, touched)
+
+    def _claim(self, s: Sighting, touched: dict[str, set[str]]) -> None:
+        assert s.resource and s.base_id and s.claim
+        previous = self._bound.get(s.key)
+        base = s.base_id
+        res = self._resources.get(s.resource)
+        if previous != (s.resource, base):
+            base = self._disambiguate(s, base)
+        if previous is not None and previous != (s.resource, base):
+            # Same kernel device, now a different resource or identity: move it.
+            self._holder.pop(previous, None)
+            self._drop(previous, touched)
+        if res is None:
+            res = self._resources[s.resource] = _Resource()
+        self._bound[s.key] = (s.resource, base)
+        self._holder[(s.resource, base)] = s.key
+        ids = share_ids(base, s.claim.share)
+        for i in res.physical.get(base, ()):
+            if i not in ids:
+                del res.entries[i]
+                touched.setdefault(s.resource, set()).add(i)
+        res.physical[base] = ids
+        now = None
+        for i in ids:
+            old = res.entries.get(i)
+            since = old.since if old is not None and old.healthy else (now := now or self._clock())
+            new = Entry(
+                id=i,
+                resource=s.resource,
+                healthy=True,
+                physical=base,
+                claim=s.claim,
+                syspath=None if s.hostpath else s.key,
+                devnode=s.devnode,
+                subsystem=s.subsystem,
+                symlinks=s.symlinks,
+                usb_node=s.usb_node,
+                topology=s.topology,
+                hostpath=s.hostpath,
+                since=since,
+            )
+            if old != new:
+                res.entries[i] = new
+                touched.setdefault(s.resource, set()).add(i)
+
+    def _disambiguate(self, s: Sighting, base: str) -> str:
+        """Two different present devices computed the same ID: suffix the newcomer."""
+        holder_key = self._holder.get((s.resource or "", base))
+        if holder_key is None or holder_key == s.key:
+            return base
+        return sanitize_id(f"{base}-{s.key.rstrip('/').rsplit('/', 1)[-1]}")
+
+    def _drop(self, bound: tuple[str, str], touched: dict[str, set[str]]) -> None:
+        resource, base = bound
+        res = self._resources.get(resource)
+        if res is None:
+            return
+        for i in res.physical.pop(base, ()):
+            del res.entries[i]
+            touched.setdefault(resource, set()).add(i)
+
+    def _mark_unhealthy(self, bound: tuple[str, str], touched: dict[str, set[str]]) -> None:
+        resource, base = bound
+        res = self._resources.get(resource)
+        if res is None:
+            return
+        now = self._clock()
+        for i in res.physical.get(base, ()):
+            e = res.entries[i]
+            if e.healthy:
+                res.entries[i] = attrs.evolve(e, healthy=False, since=now)
+                touched.setdefault(resource, set()).add(i)
+
+    def _finish(self, touched: dict[str, set[str]]) -> Change:
+        for name in touched:
+            r = self._resources.get(name)
+            if r is not None:
+                r.version += 1
+                r.snapshot = None
+        ids = tuple(i for name in sorted(touched) for i in sorted(touched[name]))
+        return Change(resources=frozenset(touched), ids=ids)
