@@ -27,12 +27,12 @@ def gone(key):
 def test_plug_unplug_replug_keeps_id_and_follows_devnode():
     inv = Inventory(clock=_clock())
     ch = inv.apply(seen("/sys/a/ttyUSB0"))
-    assert ch.resources == {R} and ch.ids == ("ftdi-A1",)
+    assert ch.resources == {R} and ch.ids == ((R, "ftdi-A1"),)
     assert [(e.id, e.health, e.devnode) for e in inv.entries(R)] == [("ftdi-A1", "Healthy", "/dev/ttyUSB0")]
     v = inv.version(R)
 
     ch = inv.apply(gone("/sys/a/ttyUSB0"))
-    assert ch.ids == ("ftdi-A1",)
+    assert ch.ids == ((R, "ftdi-A1"),)
     assert inv.entries(R)[0].health == "Unhealthy"
     assert inv.version(R) == v + 1
 
@@ -110,7 +110,7 @@ def test_resync_marks_vanished_devices_and_adds_new_ones():
     inv.apply(seen("/sys/b", base="b"))
     inv.apply(seen("hostpath:/srv/data", base="data"))
     ch = inv.resync([seen("/sys/b", base="b"), seen("/sys/c", base="c")])
-    assert ch.ids == ("a", "c")
+    assert ch.ids == ((R, "a"), (R, "c"))
     health = {e.id: e.health for e in inv.entries(R)}
     assert health == {"a": "Unhealthy", "b": "Healthy", "c": "Healthy", "data": "Healthy"}
 

@@ -74,10 +74,11 @@ class Sighting:
 
 @attrs.frozen(slots=True)
 class Change:
-    """What one update did: the resources whose device list changed, and the IDs touched."""
+    """What one update did: the resources whose device list changed, and the (resource, ID)
+    pairs touched, sorted."""
 
     resources: frozenset[str] = frozenset()
-    ids: tuple[str, ...] = ()
+    ids: tuple[tuple[str, str], ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.resources)
@@ -262,5 +263,5 @@ class Inventory:
             if r is not None:
                 r.version += 1
                 r.snapshot = None
-        ids = tuple(i for name in sorted(touched) for i in sorted(touched[name]))
+        ids = tuple((name, i) for name in sorted(touched) for i in sorted(touched[name]))
         return Change(resources=frozenset(touched), ids=ids)

@@ -1,0 +1,144 @@
+"""``devplug run``: wires udev source, rules, inventory and kubelet plugins in one nursery.
+
+Order matters at start: the netlink monitor opens *before* coldplug enumerates, so a
+device plugged in between is seen by the event stream (and folding it twice is a no-op).
+SIGTERM/SIGINT cancel the nursery; every adapter removes what it created on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Optional
+
+import attrs
+import trio
+import trio_asyncio
+
+from . import hostpath
+from .inventory import Change, Inventory
+from .kubelet import KubeletAdapter
+from .logs import kv
+from .pipeline import Pipeline
+from .rules import RulesError, RuleSet, default_rules_path, load_rules
+from .udev import DeviceEvent, Resync, UdevSource
+
+log = logging.getLogger("devplug")
+
+
+@attrs.frozen
+class Config:
+    rules: tuple[str, ...] = ()
+    domain: str = "devplug.io"
+    plugin_dir: str = "/var/lib/kubelet/device-plugins"
+    debug_socket: Optional[str] = "/run/devplug/debug.sock"
+    udev_source: str = "auto"
+    node_name: str = ""
+    metrics_address: Optional[str] = None
+    pre_start_check: bool = False
+    cdi_spec_dir: Optional[str] = None
+    register: bool = True
+
+    @property
+    def rules_paths(self) -> tuple[str, ...]:
+        return self.rules or (default_rules_path(),)
+
+
+class Daemon:
+    """The running daemon's state, shared by its tasks (all on one trio thread)."""
+
+    def __init__(self, config: Config, ruleset: RuleSet) -> None:
+        self.config = config
+        self.ruleset = ruleset
+        self.inventory = Inventory()
+        self.pipeline = Pipeline(ruleset, self.inventory, domain=config.domain)
+        self.kubelet = KubeletAdapter(
+            plugin_dir=config.plugin_dir,
+            inventory=self.inventory,
+            pre_start_check=config.pre_start_check,
+            register=config.register,
+        )
+        self.source = UdevSource(source=config.udev_source, subsystems=ruleset.subsystems)
+        self.started = trio.Event()
+
+    def publish(self, change: Change) -> None:
+        """Hand a change to kubelet: new resources get servers, streams wake up."""
+        if not change:
+            return
+        new = change.resources - self._served
+        if new:
+            self._served |= new
+            self.kubelet.set_resources(self._served)
+        self.kubelet.notify(change)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self._served = set(self.ruleset.resources(self.config.domain))
+        self.source.open()
+        log.info("starting", extra=kv(
+            node=self.config.node_name, source=self.source.source_kind,
+            rules=",".join(self.ruleset.files), resources=",".join(sorted(self._served)),
+            subsystems=",".join(sorted(self.ruleset.subsystems)) if self.ruleset.subsystems else "*"))
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.kubelet.run)
+                self.kubelet.set_resources(self._served)
+                self.publish(self.pipeline.resync(self.source.enumerate()))
+                patterns = self.ruleset.hostpath_patterns()
+                if patterns:
+                    await nursery.start(hostpath.watch, patterns, self._on_paths)
+                nursery.start_soon(self._consume)
+                self.started.set()
+                task_status.started(self)
+        finally:
+            self.source.close()
+
+    def _on_paths(self, paths: list[str]) -> None:
+        self.publish(self.pipeline.resync_paths(paths))
+
+    async def _consume(self) -> None:
+        async for item in self.source.events():
+            if isinstance(item, DeviceEvent):
+                self.publish(self.pipeline.handle(item.device, item.action))
+            elif isinstance(item, Resync):
+                log.warning("netlink overflow: re-enumerated", extra=kv(
+                    reason=item.reason, overflows=self.source.overflows))
+                self.publish(self.pipeline.resync(item.devices))
+
+
+async def _serve(config: Config, ruleset: RuleSet) -> None:
+    async with trio_asyncio.open_loop():
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                daemon = Daemon(config, ruleset)
+                await nursery.start(daemon.run)
+
+                async def stop_on_signal() -> None:
+                    async for signum in signals:
+                        log.info("stopping", extra=kv(signal=signal.Signals(signum).name))
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(stop_on_signal)
+    log.info("stopped")
+
+
+def load(config: Config) -> RuleSet:
+    return load_rules(config.rules_paths)
+
+
+def main(config: Config) -> int:
+    try:
+        ruleset = load(config)
+    except RulesError as exc:
+        for err in exc.errors:
+            log.error(str(err))
+        log.error("rules invalid, not starting", extra=kv(errors=len(exc.errors)))
+        return 2
+    except OSError as exc:
+        log.error("cannot read rules", extra=kv(path=exc.filename, error=exc.strerror))
+        return 2
+    try:
+        trio.run(_serve, config, ruleset)
+    except KeyboardInterrupt:
+        pass
+    return 0

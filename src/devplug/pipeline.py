@@ -1,0 +1,118 @@
+"""From device records and host paths to inventory changes: rules → identity → inventory.
+
+The one place where a uevent's action decides presence, so the udev source, coldplug,
+resyncs and host-path watching all fold into the inventory the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Iterable
+from typing import Optional
+
+from . import identity
+from .device import Device
+from .inventory import HOSTPATH_PREFIX, Change, Inventory, Sighting
+from .logs import kv
+from .rules import RuleSet
+from .rules.model import DEFAULT_DOMAIN
+
+log = logging.getLogger("devplug.pipeline")
+
+#: Actions after which the device (or its driver) is gone: its IDs turn Unhealthy.
+ABSENT_ACTIONS = frozenset({"remove", "unbind"})
+
+
+def path_mode(path: str) -> Optional[int]:
+    """``TEST{}`` seam: st_mode of a path, None when it does not exist."""
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return None
+
+
+class Pipeline:
+    """Evaluates rules for what the sources report and folds it into the inventory."""
+
+    def __init__(self, ruleset: RuleSet, inventory: Inventory, *, domain: str = DEFAULT_DOMAIN) -> None:
+        self.ruleset = ruleset
+        self.inventory = inventory
+        self.domain = domain
+
+    # ---- udev devices ---------------------------------------------------------------
+    def sight(self, device: Device, action: str = "add") -> Sighting:
+        key = device.syspath
+        if action in ABSENT_ACTIONS:
+            return Sighting(key=key, present=False)
+        claim = self.ruleset.evaluate(device, action=action, domain=self.domain, path_mode=path_mode)
+        if claim.resource is None:
+            return Sighting(key=key, present=True)
+        return Sighting(
+            key=key,
+            present=True,
+            resource=claim.resource,
+            base_id=identity.device_id(device, claim),
+            claim=claim,
+            devnode=device.devnode,
+            subsystem=device.subsystem,
+            symlinks=device.symlinks,
+            usb_node=identity.usb_node(device),
+            topology=identity.topology(device),
+        )
+
+    def handle(self, device: Device, action: str) -> Change:
+        """One uevent. ``move`` is the old path leaving and the new one arriving."""
+        if action == "move" and device.properties.get("DEVPATH_OLD"):
+            old = Sighting(key=device.sys_root + device.properties["DEVPATH_OLD"], present=False)
+            first = self.inventory.apply(old)
+            second = self.inventory.apply(self.sight(device, "add"))
+            change = Change(resources=first.resources | second.resources, ids=first.ids + second.ids)
+        else:
+            change = self.inventory.apply(self.sight(device, action))
+        if change:
+            self._log(change, action, device.syspath)
+        return change
+
+    def resync(self, devices: Iterable[Device]) -> Change:
+        """A full enumeration (coldplug, after an overflow, after a rules reload)."""
+        change = self.inventory.resync((self.sight(d, "add") for d in devices), hostpath=False)
+        if change:
+            log.info("resync", extra=kv(changed=len(change.ids), resources=",".join(sorted(change.resources))))
+        return change
+
+    # ---- host paths -----------------------------------------------------------------
+    def sight_path(self, path: str) -> Sighting:
+        key = HOSTPATH_PREFIX + path
+        mode = path_mode(path)
+        if mode is None:
+            return Sighting(key=key, present=False)
+        claim = self.ruleset.evaluate_path(path, domain=self.domain, path_mode=path_mode)
+        if claim.resource is None:
+            return Sighting(key=key, present=True)
+        is_node = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        return Sighting(
+            key=key,
+            present=True,
+            resource=claim.resource,
+            base_id=identity.sanitize_id(claim.device_id or path.strip("/")),
+            claim=claim,
+            devnode=path if is_node else None,
+            hostpath=True,
+        )
+
+    def resync_paths(self, paths: Iterable[str]) -> Change:
+        change = self.inventory.resync((self.sight_path(p) for p in paths), hostpath=True)
+        if change:
+            log.info("host paths changed", extra=kv(ids=",".join(i for _r, i in change.ids)))
+        return change
+
+    def _log(self, change: Change, action: str, syspath: str) -> None:
+        for resource, entry_id in change.ids:
+            entry = self.inventory.get(resource, entry_id)
+            if entry is not None:
+                log.info("device %s", entry.health.lower(), extra=kv(
+                    action=action, resource=resource, id=entry_id, devnode=entry.devnode, syspath=syspath))
+            else:
+                log.info("device left resource", extra=kv(action=action, resource=resource, id=entry_id))
