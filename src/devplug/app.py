@@ -15,7 +15,7 @@ import attrs
 import trio
 import trio_asyncio
 
-from . import hostpath
+from . import hostpath, rulewatch
 from .inventory import Change, Inventory
 from .kubelet import KubeletAdapter
 from .logs import kv
@@ -50,6 +50,7 @@ class Daemon:
     def __init__(self, config: Config, ruleset: RuleSet) -> None:
         self.config = config
         self.ruleset = ruleset
+        self.rules_error: Optional[str] = None
         self.inventory = Inventory()
         self.pipeline = Pipeline(ruleset, self.inventory, domain=config.domain)
         self.kubelet = KubeletAdapter(
@@ -59,7 +60,10 @@ class Daemon:
             register=config.register,
         )
         self.source = UdevSource(source=config.udev_source, subsystems=ruleset.subsystems)
-        self.started = trio.Event()
+        self._served: set[str] = set(ruleset.resources(config.domain))
+        self._nursery: Optional[trio.Nursery] = None
+        self._consume_scope: Optional[trio.CancelScope] = None
+        self._hostpath_scope: Optional[trio.CancelScope] = None
 
     def publish(self, change: Change) -> None:
         """Hand a change to kubelet: new resources get servers, streams wake up."""
@@ -72,7 +76,6 @@ class Daemon:
         self.kubelet.notify(change)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        self._served = set(self.ruleset.resources(self.config.domain))
         self.source.open()
         log.info("starting", extra=kv(
             node=self.config.node_name, source=self.source.source_kind,
@@ -80,29 +83,91 @@ class Daemon:
             subsystems=",".join(sorted(self.ruleset.subsystems)) if self.ruleset.subsystems else "*"))
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 await nursery.start(self.kubelet.run)
                 self.kubelet.set_resources(self._served)
                 self.publish(self.pipeline.resync(self.source.enumerate()))
-                patterns = self.ruleset.hostpath_patterns()
-                if patterns:
-                    await nursery.start(hostpath.watch, patterns, self._on_paths)
-                nursery.start_soon(self._consume)
-                self.started.set()
+                await self._start_hostpaths()
+                await nursery.start(self._consume)
+                await nursery.start(rulewatch.watch, self.config.rules_paths, self.reload)
                 task_status.started(self)
         finally:
             self.source.close()
 
+    # ---- tasks ------------------------------------------------------------------------
+    async def _consume(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._consume_scope = scope
+            task_status.started()
+            async for item in self.source.events():
+                if isinstance(item, DeviceEvent):
+                    self.publish(self.pipeline.handle(item.device, item.action))
+                elif isinstance(item, Resync):
+                    log.warning("netlink overflow: re-enumerated", extra=kv(
+                        reason=item.reason, overflows=self.source.overflows))
+                    self.publish(self.pipeline.resync(item.devices))
+
+    async def _start_hostpaths(self) -> None:
+        if self._hostpath_scope is not None:
+            self._hostpath_scope.cancel()
+            self._hostpath_scope = None
+        patterns = self.ruleset.hostpath_patterns()
+        if not patterns:
+            self.publish(self.pipeline.resync_paths(()))
+            return
+        assert self._nursery is not None
+        await self._nursery.start(self._watch_hostpaths, patterns)
+
+    async def _watch_hostpaths(self, patterns: tuple[str, ...], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._hostpath_scope = scope
+            await hostpath.watch(patterns, self._on_paths, task_status=task_status)
+
     def _on_paths(self, paths: list[str]) -> None:
         self.publish(self.pipeline.resync_paths(paths))
 
-    async def _consume(self) -> None:
-        async for item in self.source.events():
-            if isinstance(item, DeviceEvent):
-                self.publish(self.pipeline.handle(item.device, item.action))
-            elif isinstance(item, Resync):
-                log.warning("netlink overflow: re-enumerated", extra=kv(
-                    reason=item.reason, overflows=self.source.overflows))
-                self.publish(self.pipeline.resync(item.devices))
+    # ---- live reload --------------------------------------------------------------------
+    async def reload(self) -> None:
+        """New rules: keep the last good ones on error, else re-evaluate everything."""
+        try:
+            ruleset = load_rules(self.config.rules_paths)
+        except RulesError as exc:
+            self.rules_error = str(exc)
+            for err in exc.errors:
+                log.error("rules reload failed: %s", err)
+            log.error("keeping the last good rules", extra=kv(errors=len(exc.errors)))
+            return
+        except OSError as exc:
+            self.rules_error = f"{exc.filename}: {exc.strerror}"
+            log.error("rules reload failed", extra=kv(path=exc.filename, error=exc.strerror))
+            return
+        old, self.ruleset = self.ruleset, ruleset
+        self.rules_error = None
+        self.pipeline.ruleset = ruleset
+        if ruleset.subsystems != old.subsystems:
+            await self._reopen_source(ruleset)
+        changes = [self.pipeline.resync(self.source.enumerate())]
+        if ruleset.hostpath_patterns() != old.hostpath_patterns():
+            await self._start_hostpaths()
+        else:
+            changes.append(self.pipeline.resync_paths(hostpath.expand(ruleset.hostpath_patterns())))
+        keep = set(ruleset.resources(self.config.domain)) | self.inventory.bound_resources()
+        changes.append(self.inventory.forget(self.inventory.resources() - keep))
+        self._served = keep
+        self.kubelet.set_resources(keep)
+        for change in changes:
+            self.publish(change)
+        log.info("rules reloaded", extra=kv(rules=len(ruleset.rules), resources=",".join(sorted(keep))))
+
+    async def _reopen_source(self, ruleset: RuleSet) -> None:
+        """The subsystem filter changed: a new monitor (opened before enumeration)."""
+        if self._consume_scope is not None:
+            self._consume_scope.cancel()
+        self.source.close()
+        self.source = UdevSource(source=self.config.udev_source, subsystems=ruleset.subsystems)
+        self.source.open()
+        assert self._nursery is not None
+        await self._nursery.start(self._consume)
 
 
 async def _serve(config: Config, ruleset: RuleSet) -> None:

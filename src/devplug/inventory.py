@@ -133,6 +133,10 @@ class Inventory:
     def present_keys(self) -> frozenset[str]:
         return frozenset(self._bound)
 
+    def bound_resources(self) -> frozenset[str]:
+        """Resources that hold at least one device present right now."""
+        return frozenset(resource for resource, _base in self._holder)
+
     # ---- updates -------------------------------------------------------------------
     def apply(self, sighting: Sighting) -> Change:
         """Fold one sighting into the state; return what changed (empty when nothing did)."""
