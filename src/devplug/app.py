@@ -69,7 +69,8 @@ class Daemon:
         """Hand a change to kubelet: new resources get servers, streams wake up."""
         if not change:
             return
-        new = change.resources - self._served
+        # A resource the change dropped (forgotten on reload) must not come back here.
+        new = (change.resources & self.inventory.resources()) - self._served
         if new:
             self._served |= new
             self.kubelet.set_resources(self._served)
@@ -153,8 +154,8 @@ class Daemon:
             changes.append(self.pipeline.resync_paths(hostpath.expand(ruleset.hostpath_patterns())))
         keep = set(ruleset.resources(self.config.domain)) | self.inventory.bound_resources()
         changes.append(self.inventory.forget(self.inventory.resources() - keep))
-        self._served = keep
-        self.kubelet.set_resources(keep)
+        self._served = set(keep)
+        self.kubelet.set_resources(self._served)
         for change in changes:
             self.publish(change)
         log.info("rules reloaded", extra=kv(rules=len(ruleset.rules), resources=",".join(sorted(keep))))
