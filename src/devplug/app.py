@@ -63,6 +63,7 @@ class Daemon:
         self._served: set[str] = set(ruleset.resources(config.domain))
         self._nursery: Optional[trio.Nursery] = None
         self._consume_scope: Optional[trio.CancelScope] = None
+        self._consume_done = trio.Event()
         self._hostpath_scope: Optional[trio.CancelScope] = None
 
     def publish(self, change: Change) -> None:
@@ -97,16 +98,23 @@ class Daemon:
 
     # ---- tasks ------------------------------------------------------------------------
     async def _consume(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope() as scope:
-            self._consume_scope = scope
-            task_status.started()
-            async for item in self.source.events():
-                if isinstance(item, DeviceEvent):
-                    self.publish(self.pipeline.handle(item.device, item.action))
-                elif isinstance(item, Resync):
-                    log.warning("netlink overflow: re-enumerated", extra=kv(
-                        reason=item.reason, overflows=self.source.overflows))
-                    self.publish(self.pipeline.resync(item.devices))
+        done = self._consume_done = trio.Event()
+        try:
+            with trio.CancelScope() as scope:
+                self._consume_scope = scope
+                task_status.started()
+                await self._consume_events()
+        finally:
+            done.set()
+
+    async def _consume_events(self) -> None:
+        async for item in self.source.events():
+            if isinstance(item, DeviceEvent):
+                self.publish(self.pipeline.handle(item.device, item.action))
+            elif isinstance(item, Resync):
+                log.warning("netlink overflow: re-enumerated", extra=kv(
+                    reason=item.reason, overflows=self.source.overflows))
+                self.publish(self.pipeline.resync(item.devices))
 
     async def _start_hostpaths(self) -> None:
         if self._hostpath_scope is not None:
@@ -164,6 +172,7 @@ class Daemon:
         """The subsystem filter changed: a new monitor (opened before enumeration)."""
         if self._consume_scope is not None:
             self._consume_scope.cancel()
+            await self._consume_done.wait()  # never close a monitor a task still reads
         self.source.close()
         self.source = UdevSource(source=self.config.udev_source, subsystems=ruleset.subsystems)
         self.source.open()
