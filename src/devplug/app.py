@@ -15,11 +15,12 @@ import attrs
 import trio
 import trio_asyncio
 
-from . import hostpath, rulewatch
+from . import debug, hostpath, rulewatch
 from .inventory import Change, Inventory
 from .kubelet import KubeletAdapter
 from .logs import kv
 from .pipeline import Pipeline
+from .telemetry import Telemetry
 from .rules import RulesError, RuleSet, default_rules_path, load_rules
 from .udev import DeviceEvent, Resync, UdevSource
 
@@ -52,6 +53,8 @@ class Daemon:
         self.ruleset = ruleset
         self.rules_error: Optional[str] = None
         self.inventory = Inventory()
+        self.telemetry = Telemetry(self.inventory)
+        self.monitor_running = False
         self.pipeline = Pipeline(ruleset, self.inventory, domain=config.domain)
         self.kubelet = KubeletAdapter(
             plugin_dir=config.plugin_dir,
@@ -86,15 +89,33 @@ class Daemon:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self.config.debug_socket or self.config.metrics_address:
+                    # First: a taken socket or port fails the start before kubelet sees us.
+                    await nursery.start(debug.serve, self.debug_app(), self.config.debug_socket,
+                                        self.config.metrics_address)
                 await nursery.start(self.kubelet.run)
                 self.kubelet.set_resources(self._served)
-                self.publish(self.pipeline.resync(self.source.enumerate()))
+                change = self.pipeline.resync(self.source.enumerate())
+                self.publish(change)
+                self.telemetry.on_resync("coldplug", change)
                 await self._start_hostpaths()
                 await nursery.start(self._consume)
                 await nursery.start(rulewatch.watch, self.config.rules_paths, self.reload)
                 task_status.started(self)
         finally:
             self.source.close()
+
+    def debug_app(self) -> debug.DebugApp:
+        return debug.DebugApp(
+            self.inventory, self.telemetry,
+            pipeline=lambda: self.pipeline,
+            plugins=self.kubelet.status,
+            monitor_running=lambda: self.monitor_running,
+            register=self.config.register,
+            node=self.config.node_name,
+            source=lambda: self.source.source_kind,
+            rules_error=lambda: self.rules_error,
+        )
 
     # ---- tasks ------------------------------------------------------------------------
     async def _consume(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -103,18 +124,27 @@ class Daemon:
             with trio.CancelScope() as scope:
                 self._consume_scope = scope
                 task_status.started()
+                self.monitor_running = True
                 await self._consume_events()
         finally:
+            self.monitor_running = False
             done.set()
 
     async def _consume_events(self) -> None:
         async for item in self.source.events():
             if isinstance(item, DeviceEvent):
-                self.publish(self.pipeline.handle(item.device, item.action))
+                change = self.pipeline.handle(item.device, item.action)
+                self.publish(change)
+                d = item.device
+                self.telemetry.on_event(item.action, d.subsystem, d.devpath, item.seqnum, item.received_ns, change)
             elif isinstance(item, Resync):
                 log.warning("netlink overflow: re-enumerated", extra=kv(
                     reason=item.reason, overflows=self.source.overflows))
-                self.publish(self.pipeline.resync(item.devices))
+                change = self.pipeline.resync(item.devices)
+                self.publish(change)
+                if item.reason == "overflow":
+                    self.telemetry.on_overflow()
+                self.telemetry.on_resync(item.reason, change)
 
     async def _start_hostpaths(self) -> None:
         if self._hostpath_scope is not None:
@@ -145,13 +175,16 @@ class Daemon:
             for err in exc.errors:
                 log.error("rules reload failed: %s", err)
             log.error("keeping the last good rules", extra=kv(errors=len(exc.errors)))
+            self.telemetry.on_reload(False, self.rules_error)
             return
         except OSError as exc:
             self.rules_error = f"{exc.filename}: {exc.strerror}"
             log.error("rules reload failed", extra=kv(path=exc.filename, error=exc.strerror))
+            self.telemetry.on_reload(False, self.rules_error)
             return
         old, self.ruleset = self.ruleset, ruleset
         self.rules_error = None
+        self.telemetry.on_reload(True)
         self.pipeline.ruleset = ruleset
         if ruleset.subsystems != old.subsystems:
             await self._reopen_source(ruleset)
@@ -201,6 +234,16 @@ def load(config: Config) -> RuleSet:
     return load_rules(config.rules_paths)
 
 
+def _leaves(group: BaseExceptionGroup) -> list[OSError]:
+    out: list[OSError] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out += _leaves(exc)
+        elif isinstance(exc, OSError):
+            out.append(exc)
+    return out
+
+
 def main(config: Config) -> int:
     try:
         ruleset = load(config)
@@ -212,8 +255,14 @@ def main(config: Config) -> int:
     except OSError as exc:
         log.error("cannot read rules", extra=kv(path=exc.filename, error=exc.strerror))
         return 2
+    failed: list[OSError] = []
     try:
-        trio.run(_serve, config, ruleset)
+        try:
+            trio.run(_serve, config, ruleset)
+        except* OSError as group:  # a socket path taken, a directory not writable: user-fixable
+            failed.extend(_leaves(group))
     except KeyboardInterrupt:
         pass
-    return 0
+    for exc in failed:
+        log.error("cannot run", extra=kv(path=exc.filename, error=exc.strerror or str(exc)))
+    return 1 if failed else 0

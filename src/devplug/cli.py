@@ -78,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import cmd_devices, cmd_rules
+    from . import cmd_devices, cmd_inventory, cmd_rules
 
     parser = argparse.ArgumentParser(
         prog="devplug",
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     cmd_rules.register(sub)
     cmd_devices.register(sub)
+    cmd_inventory.register(sub)
     return parser
 
 

@@ -142,3 +142,77 @@ def test_hostpath_resource_follows_the_path(tmp_path, kubelet, start_devplug):
     data.rmdir()
     watch.wait_for(lambda dl: dl.as_dict().get(dev_id) == "Unhealthy")
     assert dp.stop()[0] == 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_debug_socket_inventory_cli_metrics_and_health(tmp_path, kubelet, start_devplug):
+    import json
+    import stat
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.e2e.conftest import SRC
+
+    rules = write_rules(tmp_path, 'SUBSYSTEM=="tty", KERNEL=="tty2[0-3]", RESOURCE="vtty"\n')
+    sock = tmp_path / "run" / "debug.sock"
+    port = _free_port()
+    dp = start_devplug(rules, "--udev-source", "kernel", "--debug-socket", str(sock),
+                       "--metrics-address", f"127.0.0.1:{port}")
+    watch = kubelet.wait_watch(VTTY, timeout=10)
+    watch.wait_for(lambda dl: len(dl.devices) == 4)
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    uevent("tty22", "remove")
+    watch.wait_for(lambda dl: dl.as_dict().get("virtual-tty-tty22") == "Unhealthy")
+
+    env = {"PYTHONPATH": SRC, "PATH": os.environ["PATH"]}
+    cli = [sys.executable, "-m", "devplug", "inventory", "--debug-socket", str(sock)]
+    out = subprocess.run(cli + ["--json"], env=env, capture_output=True, text=True, check=True).stdout
+    devices = {d["id"]: d for d in json.loads(out)["devices"]}
+    assert devices["virtual-tty-tty22"]["health"] == "Unhealthy"
+    assert devices["virtual-tty-tty20"]["devnode"] == "/dev/tty20"
+    assert devices["virtual-tty-tty20"]["rule"].endswith("test.rules:1")
+    table = subprocess.run(cli, env=env, capture_output=True, text=True, check=True).stdout
+    assert table.split()[:6] == ["RESOURCE", "ID", "HEALTH", "DEVNODE", "RULE", "SINCE"]
+    assert "virtual-tty-tty22" in table and "Unhealthy" in table
+
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'devplug_devices{resource="devplug.io/vtty",health="Unhealthy"} 1' in metrics
+    assert 'devplug_uevents_total{action="remove",subsystem="tty"}' in metrics
+    health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    assert health.status == 200
+
+    rc, _ = dp.stop()
+    assert rc == 0
+    assert not sock.exists()
+    gone = subprocess.run(cli, env=env, capture_output=True, text=True)
+    assert gone.returncode == 1 and "cannot connect" in gone.stderr
+
+
+def test_taken_debug_socket_is_one_clear_error(tmp_path, plugin_dir):
+    import socket
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import SRC
+
+    rules = write_rules(tmp_path, 'SUBSYSTEM=="tty", KERNEL=="tty20", RESOURCE="vtty"\n')
+    taken = tmp_path / "taken.sock"
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(str(taken))
+        other.listen()
+        r = subprocess.run(
+            [sys.executable, "-m", "devplug", "run", "--rules", str(rules), "--plugin-dir", str(plugin_dir),
+             "--debug-socket", str(taken), "--udev-source", "kernel"],
+            env=dict(os.environ, PYTHONPATH=SRC), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert f'msg="cannot run" path={taken}' in r.stderr
+    assert "Traceback" not in r.stderr
+    assert os.listdir(plugin_dir) == []  # nothing served to kubelet
