@@ -45,9 +45,18 @@ def test_usb_identity_is_port_independent():
     assert a == b == "0403-6001-A6008isP-if00"
 
 
-def test_usb_identity_prefers_udev_properties():
-    props = {"ID_VENDOR_ID": "0403", "ID_MODEL_ID": "6015", "ID_SERIAL_SHORT": "XYZ", "ID_USB_INTERFACE_NUM": "01"}
-    assert device_id(ftdi("1-1", "ttyUSB0", props=props), CLAIM) == "0403-6015-XYZ-if01"
+def test_usb_identity_is_the_same_from_sysfs_and_udev_properties():
+    props = {"ID_VENDOR_ID": "0403", "ID_MODEL_ID": "6001", "ID_SERIAL_SHORT": "A6008isP", "ID_USB_INTERFACE_NUM": "00"}
+    assert device_id(ftdi("1-1", "ttyUSB0", props=props), CLAIM) == device_id(ftdi("1-1", "ttyUSB0"), CLAIM)
+
+
+def test_usb_identity_falls_back_to_udev_properties():
+    # A remove event: sysfs is gone, only the event's properties are left.
+    usb = Device(devpath="/devices/usb1/1-1", sysname="1-1", subsystem="usb", devtype="usb_device")
+    tty = Device(devpath="/devices/usb1/1-1/1-1:1.0/ttyUSB0", sysname="ttyUSB0", subsystem="tty", parent=usb,
+                 properties={"ID_VENDOR_ID": "0403", "ID_MODEL_ID": "6015", "ID_SERIAL_SHORT": "XYZ",
+                             "ID_USB_INTERFACE_NUM": "01"})
+    assert device_id(tty, CLAIM) == "0403-6015-XYZ-if01"
 
 
 def test_rule_device_id_overrides_and_is_sanitized():

@@ -51,22 +51,25 @@ def _usb_interface(device: Device) -> Optional[Device]:
 
 
 def _usb_identity(device: Device) -> Optional[str]:
-    """vendor-product-serial[-ifNN] from udev properties, else from sysfs attributes."""
+    """vendor-product-serial[-ifNN], from sysfs first, else udev's properties.
+
+    sysfs comes first because every source sees it (the kernel source has no ``ID_*``
+    on ``add``), so a device gets the same ID whichever source reported it.
+    """
     usb = _usb_device(device)
     if usb is None:
         return None
     props = device.properties
-    vendor = props.get("ID_VENDOR_ID") or usb.read_attr("idVendor")
-    product = props.get("ID_MODEL_ID") or usb.read_attr("idProduct")
-    serial = props.get("ID_SERIAL_SHORT") or usb.read_attr("serial")
+    vendor = usb.read_attr("idVendor") or props.get("ID_VENDOR_ID")
+    product = usb.read_attr("idProduct") or props.get("ID_MODEL_ID")
+    serial = usb.read_attr("serial") or props.get("ID_SERIAL_SHORT")
     if not (vendor and product and serial and serial.strip()):
         return None
     ident = f"{vendor}-{product}-{serial.strip()}"
     if usb is not device:
-        ifnum = props.get("ID_USB_INTERFACE_NUM")
-        if not ifnum:
-            iface = _usb_interface(device)
-            ifnum = iface.read_attr("bInterfaceNumber") if iface is not None else None
+        iface = _usb_interface(device)
+        ifnum = iface.read_attr("bInterfaceNumber") if iface is not None else None
+        ifnum = ifnum or props.get("ID_USB_INTERFACE_NUM")
         if ifnum:
             ident += f"-if{ifnum.strip()}"
     return ident

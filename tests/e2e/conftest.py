@@ -19,8 +19,10 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 class Devplug:
     """A ``devplug run`` child process; its log lines are kept for assertions."""
 
-    def __init__(self, plugin_dir: Path, rules: Path, *extra: str, log_path: Path) -> None:
-        env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    def __init__(self, plugin_dir: Path, rules: Path, *extra: str, log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
+        base = dict(os.environ if env is None else env)
+        env = dict(base, PYTHONPATH=SRC + os.pathsep + base.get("PYTHONPATH", ""))
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.argv = [sys.executable, "-m", "devplug", "run", "--rules", str(rules),
