@@ -16,6 +16,7 @@ import trio
 import trio_asyncio
 
 from . import debug, hostpath, rulewatch
+from .cdi import CdiWriter
 from .inventory import Change, Inventory
 from .kubelet import KubeletAdapter
 from .logs import kv
@@ -56,11 +57,13 @@ class Daemon:
         self.telemetry = Telemetry(self.inventory)
         self.monitor_running = False
         self.pipeline = Pipeline(ruleset, self.inventory, domain=config.domain)
+        self.cdi = CdiWriter(config.cdi_spec_dir, vendor_domain=config.domain) if config.cdi_spec_dir else None
         self.kubelet = KubeletAdapter(
             plugin_dir=config.plugin_dir,
             inventory=self.inventory,
             pre_start_check=config.pre_start_check,
             register=config.register,
+            cdi=self.cdi.qualified_names if self.cdi else None,
         )
         self.source = UdevSource(source=config.udev_source, subsystems=ruleset.subsystems)
         self._served: set[str] = set(ruleset.resources(config.domain))
@@ -73,12 +76,27 @@ class Daemon:
         """Hand a change to kubelet: new resources get servers, streams wake up."""
         if not change:
             return
+        if self.cdi is not None:
+            self._write_cdi(change.resources)
         # A resource the change dropped (forgotten on reload) must not come back here.
         new = (change.resources & self.inventory.resources()) - self._served
         if new:
             self._served |= new
             self.kubelet.set_resources(self._served)
         self.kubelet.notify(change)
+
+    def _write_cdi(self, resources: frozenset[str]) -> None:
+        """Specs first, streams after: any ID kubelet can allocate is already in the spec."""
+        assert self.cdi is not None
+        for resource in sorted(resources):
+            try:
+                if resource in self.inventory.resources():
+                    self.cdi.update(resource, self.inventory.entries(resource))
+                else:
+                    self.cdi.remove(resource)
+            except OSError as exc:
+                log.error("cannot write CDI spec", extra=kv(resource=resource, path=exc.filename,
+                                                            error=exc.strerror))
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.source.open()
@@ -104,6 +122,8 @@ class Daemon:
                 task_status.started(self)
         finally:
             self.source.close()
+            if self.cdi is not None:
+                self.cdi.remove_all()
 
     def debug_app(self) -> debug.DebugApp:
         return debug.DebugApp(

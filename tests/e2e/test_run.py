@@ -216,3 +216,29 @@ def test_taken_debug_socket_is_one_clear_error(tmp_path, plugin_dir):
     assert f'msg="cannot run" path={taken}' in r.stderr
     assert "Traceback" not in r.stderr
     assert os.listdir(plugin_dir) == []  # nothing served to kubelet
+
+
+def test_cdi_specs_follow_the_inventory(tmp_path, kubelet, start_devplug):
+    import json
+
+    rules = write_rules(tmp_path, 'SUBSYSTEM=="tty", KERNEL=="tty2[0-1]", RESOURCE="vtty"\n')
+    cdi_dir = tmp_path / "cdi"
+    dp = start_devplug(rules, "--udev-source", "kernel", "--cdi-spec-dir", str(cdi_dir))
+    watch = kubelet.wait_watch(VTTY, timeout=10)
+    watch.wait_for(lambda dl: len(dl.devices) == 2)
+    (spec_file,) = cdi_dir.glob("*.json")
+    spec = json.loads(spec_file.read_text())
+    assert spec["kind"] == "devplug.io/vtty"
+    names = {d["name"] for d in spec["devices"]}
+    assert names == {"virtual-tty-tty20", "virtual-tty-tty21"}
+    resp = kubelet.allocate(VTTY, ["virtual-tty-tty20"])
+    assert [c.name for c in resp.container_responses[0].cdi_devices] == ["devplug.io/vtty=virtual-tty-tty20"]
+
+    uevent("tty21", "remove")
+    watch.wait_for(lambda dl: dl.as_dict().get("virtual-tty-tty21") == "Unhealthy")
+    # The spec is written before the stream is told: the unplugged device is already gone from it.
+    assert {d["name"] for d in json.loads(spec_file.read_text())["devices"]} == {"virtual-tty-tty20"}
+    uevent("tty21", "add")
+    watch.wait_for(lambda dl: dl.as_dict().get("virtual-tty-tty21") == "Healthy")
+    assert dp.stop()[0] == 0
+    assert list(cdi_dir.glob("*.json")) == []

@@ -94,3 +94,16 @@ class Claim:
         if self.resource is None:
             return None
         return self.resource.rsplit("/", 1)[-1]
+
+
+@attrs.frozen(slots=True)
+class RuleTrace:
+    """What one device rule did for one device (``RuleSet.explain``).
+
+    ``reason`` is empty for a match, else the first key that failed with what the device
+    had (``ATTRS{idVendor}=="0403": no ancestor matches``) or why the rule was skipped.
+    """
+
+    rule: RuleRef
+    matched: bool
+    reason: str = ""

@@ -1,0 +1,21 @@
+"""Kubelet device plugin API v1beta1: generated messages, servicer, and the adapter."""
+
+from .adapter import (
+    API_VERSION,
+    DEFAULT_PLUGIN_DIR,
+    KUBELET_SOCKET,
+    KubeletAdapter,
+    ResourceStatus,
+    socket_name,
+)
+from .allocation import env_name
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_PLUGIN_DIR",
+    "KUBELET_SOCKET",
+    "KubeletAdapter",
+    "ResourceStatus",
+    "env_name",
+    "socket_name",
+]

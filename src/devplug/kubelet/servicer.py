@@ -1,0 +1,178 @@
+"""The DevicePlugin gRPC service of one resource (runs on the asyncio side of trio-asyncio).
+
+Streams never copy state: each ListAndWatch stream remembers the inventory version it
+last sent and waits on a :class:`Pulse`; when woken it sends the *current* list if the
+version moved. So the event path only flips an event (it never waits for a stream), a slow
+stream skips straight to the latest list, and an idle stream costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Optional
+
+import grpc
+
+from ..inventory import Entry, Inventory
+from . import allocation, api_pb2, api_pb2_grpc
+
+log = logging.getLogger("devplug.kubelet")
+
+
+class Pulse:
+    """Wakes every waiting stream at once. ``fire`` is synchronous and never blocks, so trio
+    code (same thread, same loop under trio-asyncio) can call it from the event path."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        # Waiters already woken stay woken; clearing re-arms the event for the next change.
+        self._event.set()
+        self._event.clear()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+class StreamCounter:
+    """Open ListAndWatch streams of one resource, across server restarts."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.total = 0
+
+
+class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
+    """Serves one resource from the live inventory until :meth:`close`."""
+
+    def __init__(
+        self,
+        resource: str,
+        inventory: Inventory,
+        pulse: Pulse,
+        streams: StreamCounter,
+        *,
+        pre_start_check: bool = False,
+        cdi: Optional[allocation.CdiNames] = None,
+    ) -> None:
+        self.resource = resource
+        self._inventory = inventory
+        self._pulse = pulse
+        self._streams = streams
+        self._pre_start_check = pre_start_check
+        self._cdi = cdi
+        self._closing = False
+        # Rebuilt only when the resource's version moves: the list every stream sends,
+        # and an ID index for Allocate and GetPreferredAllocation.
+        self._version: Optional[int] = None
+        self._response = api_pb2.ListAndWatchResponse()
+        self._by_id: dict[str, Entry] = {}
+
+    @property
+    def options(self) -> api_pb2.DevicePluginOptions:
+        return api_pb2.DevicePluginOptions(
+            pre_start_required=self._pre_start_check, get_preferred_allocation_available=True
+        )
+
+    def close(self) -> None:
+        """End every stream of this server (they return normally, so clients see OK)."""
+        self._closing = True
+        self._pulse.fire()
+
+    def _refresh(self) -> int:
+        version = self._inventory.version(self.resource)
+        if version != self._version:
+            entries = self._inventory.entries(self.resource)
+            self._response = api_pb2.ListAndWatchResponse(
+                devices=[api_pb2.Device(ID=e.id, health=e.health) for e in entries]
+            )
+            self._by_id = {e.id: e for e in entries}
+            self._version = version
+        return version
+
+    def _lookup(self) -> allocation.Lookup:
+        self._refresh()
+        return self._by_id.get
+
+    # ---- RPCs ---------------------------------------------------------------------------
+    async def GetDevicePluginOptions(self, request, context):  # noqa: N802 (gRPC names)
+        return self.options
+
+    async def ListAndWatch(self, request, context):  # noqa: N802
+        self._streams.open += 1
+        self._streams.total += 1
+        log.debug("stream opened resource=%s open=%d", self.resource, self._streams.open)
+        try:
+            sent: Optional[int] = None
+            while not self._closing:
+                version = self._refresh()
+                if version != sent:
+                    await context.write(self._response)
+                    sent = version
+                    continue
+                await self._pulse.wait()
+        finally:
+            self._streams.open -= 1
+            log.debug("stream closed resource=%s open=%d", self.resource, self._streams.open)
+
+    async def GetPreferredAllocation(self, request, context):  # noqa: N802
+        lookup = self._lookup()
+        return api_pb2.PreferredAllocationResponse(
+            container_responses=[
+                api_pb2.ContainerPreferredAllocationResponse(
+                    deviceIDs=allocation.preferred(
+                        creq.available_deviceIDs,
+                        creq.must_include_deviceIDs,
+                        creq.allocation_size,
+                        lookup,
+                    )
+                )
+                for creq in request.container_requests
+            ]
+        )
+
+    async def Allocate(self, request, context):  # noqa: N802
+        try:
+            response = allocation.allocate(self.resource, request, self._lookup(), self._cdi)
+        except allocation.DeviceRequestError as e:
+            log.warning("allocate refused resource=%s error=%r", self.resource, e.message)
+            await context.abort(e.code, e.message)
+        log.info(
+            "allocated resource=%s ids=%s",
+            self.resource,
+            ",".join(i for c in request.container_requests for i in c.devices_ids),
+        )
+        return response
+
+    async def PreStartContainer(self, request, context):  # noqa: N802
+        if self._pre_start_check:
+            try:
+                allocation.check_present(self.resource, request.devices_ids, self._lookup())
+            except allocation.DeviceRequestError as e:
+                log.warning("pre-start refused resource=%s error=%r", self.resource, e.message)
+                await context.abort(e.code, e.message)
+        return api_pb2.PreStartContainerResponse()
+
+
+async def start_server(
+    servicer: DevicePluginServicer, path: str, options: list[tuple[str, object]]
+) -> grpc.aio.Server:
+    """Serve ``servicer`` on the unix socket ``path`` (asyncio side)."""
+    server = grpc.aio.server(options=options)
+    api_pb2_grpc.add_DevicePluginServicer_to_server(servicer, server)
+    server.add_insecure_port("unix://" + path)
+    await server.start()
+    return server
+
+
+async def register(
+    kubelet_socket: str,
+    request: api_pb2.RegisterRequest,
+    options: list[tuple[str, object]],
+    timeout: float,
+) -> None:
+    """One Register call to kubelet (asyncio side); raises grpc.aio.AioRpcError on failure."""
+    async with grpc.aio.insecure_channel("unix://" + kubelet_socket, options=options) as channel:
+        await api_pb2_grpc.RegistrationStub(channel).Register(request, timeout=timeout)

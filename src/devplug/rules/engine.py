@@ -1,0 +1,293 @@
+"""The rule set: evaluates device rules against one device, HOSTPATH rules against one path.
+
+Evaluation is udev's: rules run in file order, a rule matches when all its keys do, its
+assignments then apply at once (``ENV{}=`` is visible to later rules' ``ENV{}`` matches),
+later assignments override earlier ones unless one was made final with ``:=``, and
+``GOTO`` skips forward to its ``LABEL``. Pure: attribute reads go through the device's
+reader, file tests through the caller's ``path_mode``.
+
+Speed: every rule carries a necessary literal condition where it has one (``SUBSYSTEM==``,
+``ATTRS{idVendor}==`` …); per device the engine looks its values up once and only runs
+the rules that can still match, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Optional
+
+from ..device import Device, PathMode
+from .matchers import PARENT_KEYS, attr_value
+from .model import DEFAULT_DOMAIN, DEFAULT_PERMISSIONS, Claim, Mount, RuleRef, RuleTrace
+from .rule import Assign, Rule
+from .validate import full_resource
+
+
+class Evaluation:
+    """Mutable state of one device's pass over the rules (udev's ``UdevEvent``)."""
+
+    __slots__ = ("device", "action", "path_mode", "dev_parent", "overlay", "name")
+
+    def __init__(self, device: Device, action: str, path_mode: Optional[PathMode]) -> None:
+        self.device = device
+        self.action = action
+        self.path_mode = path_mode
+        self.dev_parent: Optional[Device] = None
+        self.overlay: dict[str, Optional[str]] = {"ACTION": action}
+        # udev's event->name, which only NAME= sets; Debian's 80-net-setup-link.rules sets it
+        # from ID_NET_NAME for network interfaces, so that is what later rules see.
+        self.name: Optional[str] = device.properties.get("ID_NET_NAME") if device.subsystem == "net" else None
+
+    def env(self, key: str) -> Optional[str]:
+        overlay = self.overlay
+        if key in overlay:
+            return overlay[key]
+        return self.device.properties.get(key)
+
+
+class _Claim:
+    """Accumulates assignments with udev's override / final (``:=``) rules."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Optional[str]] = {}
+        self.final: set[str] = set()
+        self.mounts: list[Mount] = []
+        self.envs: dict[str, str] = {}
+        self.annotations: dict[str, str] = {}
+        self.options: set[str] = set()
+        self.rule: Optional[RuleRef] = None
+        self.matched: list[RuleRef] = []
+
+    def apply(self, a: Assign, ev: Evaluation, ref: RuleRef) -> None:
+        key = a.key
+        if key == "ENV":
+            name = a.name
+            assert name is not None
+            if not a.value:
+                if a.op != "+=":
+                    ev.overlay[name] = None
+                return
+            value = a.templates[0].expand(ev.device, ev.dev_parent, ev.env)
+            if a.op == "+=":
+                old = ev.env(name)
+                if old is not None:
+                    value = f"{old} {value}"
+            ev.overlay[name] = value
+            return
+        slot = key if a.name is None else f"{key}{{{a.name}}}"
+        if slot in self.final:
+            return
+        if a.final:
+            self.final.add(slot)
+        if key in ("RESOURCE", "PERMISSIONS", "SHARE"):
+            self.values[key] = a.value or None
+            if key == "RESOURCE":
+                self.rule = ref if a.value else None
+        elif key in ("DEVICE_ID", "CONTAINER_PATH"):
+            self.values[key] = a.templates[0].expand(ev.device, ev.dev_parent, ev.env) if a.value else None
+        elif key == "MOUNT":
+            if a.op != "+=":
+                self.mounts.clear()
+            if a.value:
+                host, container = (t.expand(ev.device, ev.dev_parent, ev.env) for t in a.templates)
+                # A template that expanded to a relative path (an empty %E{}) cannot be mounted.
+                if host.startswith("/") and container.startswith("/"):
+                    mount = Mount(host, container, a.read_only)
+                    self.mounts[:] = [m for m in self.mounts if m.container_path != container] + [mount]
+        elif key == "CONTAINER_ENV":
+            self.envs[a.name] = a.templates[0].expand(ev.device, ev.dev_parent, ev.env)  # type: ignore[index]
+        elif key == "ANNOTATION":
+            self.annotations[a.name] = a.templates[0].expand(ev.device, ev.dev_parent, ev.env)  # type: ignore[index]
+        elif key == "OPTIONS":
+            if a.op == "-=":
+                self.options -= a.options
+            else:
+                self.options |= a.options
+        else:  # pragma: no cover - the parser knows every key
+            raise AssertionError(key)
+
+    def result(self, domain: str) -> Claim:
+        resource = self.values.get("RESOURCE")
+        return Claim(
+            resource=full_resource(resource, domain) if resource else None,
+            permissions=self.values.get("PERMISSIONS") or DEFAULT_PERMISSIONS,
+            share=int(self.values.get("SHARE") or 1),
+            device_id=self.values.get("DEVICE_ID"),
+            container_path=self.values.get("CONTAINER_PATH"),
+            mounts=tuple(self.mounts),
+            envs=tuple(sorted(self.envs.items())),
+            annotations=tuple(sorted(self.annotations.items())),
+            options=frozenset(self.options),
+            rule=self.rule if resource else None,
+            matched=tuple(self.matched),
+        )
+
+
+def _chain_values(kind: tuple[str, Optional[str], bool], device: Device) -> set[str]:
+    key, name, strip = kind
+    if key in PARENT_KEYS:
+        nodes: Iterable[Device] = device.chain()
+    else:
+        nodes = (device,)
+    out: set[str] = set()
+    for node in nodes:
+        if key in ("SUBSYSTEM", "SUBSYSTEMS"):
+            v = node.subsystem
+        elif key in ("KERNEL", "KERNELS"):
+            v = node.sysname
+        elif key in ("DRIVER", "DRIVERS"):
+            v = node.driver
+        else:  # ATTR, ATTRS
+            v = attr_value(node.read_attr(name), strip)  # type: ignore[arg-type]
+        if v:
+            out.add(v)
+    return out
+
+
+def _path_device(path: str) -> Device:
+    """A stand-in device for HOSTPATH templates: ``%k`` is the basename, ``$devnode`` the path."""
+    base = path.rstrip("/").rsplit("/", 1)[-1] or "/"
+    return Device(devpath=path, sysname=base, devnode=path, sys_root="")
+
+
+class RuleSet:
+    """Loaded rules, ready to evaluate. Build with :func:`devplug.rules.load_rules`."""
+
+    def __init__(self, files: Sequence[str], rules: Sequence[Rule]) -> None:
+        self.files: tuple[str, ...] = tuple(files)
+        self.rules: tuple[Rule, ...] = tuple(rules)
+        self._device_rules = tuple(r for r in self.rules if not r.is_hostpath)
+        self._hostpath_rules = tuple(r for r in self.rules if r.is_hostpath)
+        labels: dict[tuple[str, str], list[int]] = {}
+        for k, r in enumerate(self._device_rules):
+            if r.label is not None:
+                labels.setdefault((r.ref.file, r.label), []).append(k)
+        self._goto: dict[int, int] = {}
+        for k, r in enumerate(self._device_rules):
+            if r.goto is not None:
+                target = next((t for t in labels.get((r.ref.file, r.goto), ()) if t > k), None)
+                if target is not None:
+                    self._goto[k] = target
+        self._always: list[int] = []
+        self._index: dict[tuple[str, Optional[str], bool], dict[str, list[int]]] = {}
+        for k, r in enumerate(self._device_rules):
+            if r.is_label_only:
+                continue
+            if r.index is None:
+                self._always.append(k)
+                continue
+            kind, values = r.index
+            table = self._index.setdefault(kind, {})
+            for v in values:
+                table.setdefault(v, []).append(k)
+
+    # ---- static facts ------------------------------------------------------------------
+    @property
+    def subsystems(self) -> Optional[frozenset[str]]:
+        """Subsystems a claiming rule can match (for a netlink filter), None when any could."""
+        out: set[str] = set()
+        for r in self._device_rules:
+            if not r.claims:
+                continue
+            subs = r.subsystems
+            if subs is None:
+                return None
+            out |= subs
+        return frozenset(out)
+
+    def resources(self, domain: str = DEFAULT_DOMAIN) -> frozenset[str]:
+        """Full names of every resource a rule can claim."""
+        return frozenset(full_resource(a.value, domain) for r in self.rules for a in r.assigns
+                          if a.key == "RESOURCE" and a.value)
+
+    @property
+    def hostpath_rules(self) -> tuple[Rule, ...]:
+        return self._hostpath_rules
+
+    def hostpath_patterns(self) -> tuple[str, ...]:
+        out: list[str] = []
+        for r in self._hostpath_rules:
+            out.extend(p for p in r.hostpath if p not in out)
+        return tuple(out)
+
+    # ---- evaluation --------------------------------------------------------------------
+    def _candidates(self, device: Device) -> list[int]:
+        if not self._index:
+            return self._always
+        cands = set(self._always)
+        for kind, table in self._index.items():
+            for v in _chain_values(kind, device):
+                hit = table.get(v)
+                if hit:
+                    cands.update(hit)  # a rule may be listed under several values of one chain
+        return sorted(cands)
+
+    def _run(self, device: Device, action: str, domain: str, path_mode: Optional[PathMode],
+             trace: Optional[list[RuleTrace]]) -> Claim:
+        ev = Evaluation(device, action, path_mode)
+        acc = _Claim()
+        rules = self._device_rules
+        order: Iterable[int] = range(len(rules)) if trace is not None else self._candidates(device)
+        skip_to = 0
+        skipped_by: Optional[Rule] = None
+        for k in order:
+            rule = rules[k]
+            if k < skip_to:
+                if trace is not None and not rule.is_label_only:
+                    trace.append(RuleTrace(rule.ref, False, f"skipped by GOTO=\"{skipped_by.goto}\" at {skipped_by.ref}"))  # type: ignore[union-attr]
+                continue
+            ok = True
+            for check in rule.checks:
+                if not check.check(device, ev):
+                    ok = False
+                    if trace is not None:
+                        trace.append(RuleTrace(rule.ref, False, check.explain(device, ev)))
+                    break
+            if not ok:
+                continue
+            if rule.is_label_only:
+                continue
+            acc.matched.append(rule.ref)
+            if trace is not None:
+                trace.append(RuleTrace(rule.ref, True, ""))
+            for a in rule.assigns:
+                acc.apply(a, ev, rule.ref)
+            target = self._goto.get(k)
+            if target is not None:
+                skip_to, skipped_by = target, rule
+        return acc.result(domain)
+
+    def evaluate(self, device: Device, *, action: str = "add", domain: str = DEFAULT_DOMAIN,
+                 path_mode: Optional[PathMode] = None) -> Claim:
+        """The claim of all rules on ``device``; ``resource`` is None when none claims it.
+
+        ``path_mode`` backs ``TEST{}``; without it every TEST key fails.
+        """
+        return self._run(device, action, domain, path_mode, None)
+
+    def explain(self, device: Device, *, action: str = "add", domain: str = DEFAULT_DOMAIN,
+                path_mode: Optional[PathMode] = None) -> list[RuleTrace]:
+        """For every device rule, in order: did it match, and if not, which key failed."""
+        trace: list[RuleTrace] = []
+        self._run(device, action, domain, path_mode, trace)
+        return trace
+
+    def matching_rules(self, device: Device, *, action: str = "add",
+                       path_mode: Optional[PathMode] = None) -> tuple[RuleRef, ...]:
+        return self.evaluate(device, action=action, path_mode=path_mode).matched
+
+    def evaluate_path(self, path: str, *, domain: str = DEFAULT_DOMAIN,
+                      path_mode: Optional[PathMode] = None) -> Claim:
+        """HOSTPATH rules against one host path (templates: ``%k`` basename, ``$devnode`` path)."""
+        dev = _path_device(path)
+        ev = Evaluation(dev, "add", path_mode)
+        acc = _Claim()
+        for rule in self._hostpath_rules:
+            if rule.hostpath_regex is not None and rule.hostpath_regex.fullmatch(path):
+                acc.matched.append(rule.ref)
+                for a in rule.assigns:
+                    acc.apply(a, ev, rule.ref)
+        return acc.result(domain)
+
+    def __repr__(self) -> str:
+        return f"RuleSet({len(self.rules)} rules in {len(self.files)} files)"

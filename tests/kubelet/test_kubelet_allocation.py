@@ -1,0 +1,225 @@
+"""Allocate / GetPreferredAllocation / PreStartContainer answers, as pure functions."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from devplug.inventory import Entry
+from devplug.kubelet import api_pb2
+from devplug.kubelet.allocation import (
+    DeviceRequestError,
+    check_present,
+    container_response,
+    env_name,
+    preferred,
+    resolve,
+)
+from devplug.rules.model import Claim, Mount
+
+R = "devplug.io/ftdi-serial"
+
+
+def entry(id, devnode="/dev/ttyUSB0", healthy=True, topology=None, claim=None, **kw):
+    return Entry(
+        id=id,
+        resource=R,
+        healthy=healthy,
+        physical=kw.pop("physical", id),
+        claim=claim or Claim(resource=R),
+        devnode=devnode,
+        topology=topology,
+        **kw,
+    )
+
+
+def lookup_of(*entries):
+    table = {e.id: e for e in entries}
+    return table.get
+
+
+def specs(resp):
+    return [(d.host_path, d.container_path, d.permissions) for d in resp.devices]
+
+
+@pytest.mark.parametrize(
+    "resource, name",
+    [
+        ("devplug.io/ftdi-serial", "DEVPLUG_FTDI_SERIAL"),
+        ("example.com/uvc.camera", "DEVPLUG_UVC_CAMERA"),
+        ("kvm", "DEVPLUG_KVM"),
+    ],
+)
+def test_env_name(resource, name):
+    assert env_name(resource) == name
+
+
+def test_one_device_gets_its_node_and_the_default_env():
+    resp = container_response(R, [entry("A1")])
+    assert specs(resp) == [("/dev/ttyUSB0", "/dev/ttyUSB0", "rw")]
+    assert dict(resp.envs) == {"DEVPLUG_FTDI_SERIAL": "/dev/ttyUSB0"}
+    assert not resp.mounts and not resp.annotations and not resp.cdi_devices
+
+
+def test_container_path_permissions_symlinks_and_usb_node():
+    claim = Claim(
+        resource=R,
+        permissions="r",
+        container_path="/dev/gps",
+        options=frozenset({"symlinks", "usb_node"}),
+    )
+    e = entry(
+        "A1",
+        claim=claim,
+        symlinks=("/dev/serial/by-id/usb-FTDI_A1-if00-port0",),
+        usb_node="/dev/bus/usb/001/004",
+    )
+    resp = container_response(R, [e])
+    assert specs(resp) == [
+        ("/dev/ttyUSB0", "/dev/gps", "r"),
+        ("/dev/ttyUSB0", "/dev/serial/by-id/usb-FTDI_A1-if00-port0", "r"),
+        ("/dev/bus/usb/001/004", "/dev/bus/usb/001/004", "r"),
+    ]
+    # Only the primary paths are listed in the default variable.
+    assert dict(resp.envs) == {"DEVPLUG_FTDI_SERIAL": "/dev/gps"}
+
+
+def test_symlinks_and_usb_node_only_when_asked():
+    e = entry("A1", symlinks=("/dev/serial/by-id/x",), usb_node="/dev/bus/usb/001/004")
+    assert specs(container_response(R, [e])) == [("/dev/ttyUSB0", "/dev/ttyUSB0", "rw")]
+
+
+def test_share_copies_give_one_node():
+    copies = [entry(f"A1-s{k}", physical="A1") for k in range(3)]
+    resp = container_response(R, copies)
+    assert specs(resp) == [("/dev/ttyUSB0", "/dev/ttyUSB0", "rw")]
+    assert resp.envs["DEVPLUG_FTDI_SERIAL"] == "/dev/ttyUSB0"
+
+
+def test_two_devices_are_listed_comma_separated_in_request_order():
+    resp = container_response(R, [entry("B", devnode="/dev/ttyUSB1"), entry("A", devnode="/dev/ttyUSB0")])
+    assert [d.host_path for d in resp.devices] == ["/dev/ttyUSB1", "/dev/ttyUSB0"]
+    assert resp.envs["DEVPLUG_FTDI_SERIAL"] == "/dev/ttyUSB1,/dev/ttyUSB0"
+
+
+def test_hostpath_entry_contributes_only_mounts():
+    claim = Claim(resource=R, mounts=(Mount("/srv/models", "/models", read_only=True),))
+    resp = container_response(R, [entry("models", devnode=None, hostpath=True, claim=claim)])
+    assert not resp.devices
+    assert [(m.host_path, m.container_path, m.read_only) for m in resp.mounts] == [
+        ("/srv/models", "/models", True)
+    ]
+    assert resp.envs["DEVPLUG_FTDI_SERIAL"] == "/models"
+
+
+def test_envs_annotations_and_cdi_merge_across_devices():
+    def claim(n):
+        return Claim(
+            resource=R,
+            envs=(("PORT", f"/dev/ttyUSB{n}"), ("BAUD", "115200")),
+            annotations=(("devplug.io/owner", "lab"),),
+            mounts=(Mount("/etc/ftdi", "/etc/ftdi"),),
+        )
+
+    a = entry("A", devnode="/dev/ttyUSB0", claim=claim(0))
+    b = entry("B", devnode="/dev/ttyUSB1", claim=claim(1))
+    resp = container_response(R, [a, b], cdi=lambda e: [f"devplug.io/serial={e.id}", "devplug.io/serial=common"])
+    assert dict(resp.envs) == {
+        "PORT": "/dev/ttyUSB0,/dev/ttyUSB1",
+        "BAUD": "115200",
+        "DEVPLUG_FTDI_SERIAL": "/dev/ttyUSB0,/dev/ttyUSB1",
+    }
+    assert dict(resp.annotations) == {"devplug.io/owner": "lab"}
+    assert len(resp.mounts) == 1
+    assert [c.name for c in resp.cdi_devices] == [
+        "devplug.io/serial=A",
+        "devplug.io/serial=common",
+        "devplug.io/serial=B",
+    ]
+
+
+def test_a_rule_env_overrides_the_default_variable():
+    claim = Claim(resource=R, envs=(("DEVPLUG_FTDI_SERIAL", "custom"),))
+    assert container_response(R, [entry("A", claim=claim)]).envs["DEVPLUG_FTDI_SERIAL"] == "custom"
+
+
+def test_resolve_errors_name_device_and_resource():
+    look = lookup_of(entry("A"), entry("B", healthy=False))
+    with pytest.raises(DeviceRequestError) as err:
+        resolve(R, ["A", "nope"], look)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'nope'" in err.value.message and R in err.value.message
+    with pytest.raises(DeviceRequestError) as err:
+        resolve(R, ["A", "B"], look)
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "'B'" in err.value.message and "unhealthy" in err.value.message
+    assert [e.id for e in resolve(R, ["B"], look, healthy=False)] == ["B"]
+
+
+# ---- GetPreferredAllocation ---------------------------------------------------------------
+HUBS = [
+    entry("a1", topology="hub-a"),
+    entry("a2", topology="hub-a"),
+    entry("a3", topology="hub-a"),
+    entry("b1", topology="hub-b"),
+    entry("b2", topology="hub-b"),
+    entry("c1", topology="hub-c"),
+    entry("x", topology=None),
+    entry("sick", topology="hub-b", healthy=False),
+]
+LOOK = lookup_of(*HUBS)
+ALL = [e.id for e in HUBS]
+
+
+def test_preferred_keeps_must_include_and_fills_from_their_hub():
+    assert preferred(ALL, ["b2"], 2, LOOK) == ["b2", "b1"]
+    assert preferred(ALL, ["c1", "a3"], 3, LOOK) == ["c1", "a3", "a1"]
+
+
+def test_preferred_best_fit_group_then_largest():
+    assert preferred(ALL, [], 2, LOOK) == ["b1", "b2"]  # hub-b fits exactly, hub-a stays whole
+    assert preferred(ALL, [], 1, LOOK) == ["c1"]  # smallest fitting group; ties by name
+    assert preferred(ALL, [], 3, LOOK) == ["a1", "a2", "a3"]
+    assert preferred(ALL, [], 4, LOOK) == ["a1", "a2", "a3", "c1"]
+
+
+def test_preferred_uses_unhealthy_or_unknown_only_as_last_resort():
+    got = preferred(ALL + ["ghost"], [], 9, LOOK)
+    assert got[-2:] == ["ghost", "sick"]
+    assert sorted(got) == sorted(ALL + ["ghost"])
+
+
+def test_preferred_only_chooses_available_and_is_deterministic():
+    avail = ["x", "b1", "a2", "a1"]
+    first = preferred(avail, [], 2, LOOK)
+    assert first == ["a1", "a2"]
+    assert all(preferred(list(reversed(avail)), [], 2, LOOK) == first for _ in range(3))
+    assert preferred(["x"], [], 3, LOOK) == ["x"]  # fewer available than asked: all of them
+    assert preferred(ALL, ["a1", "b1"], 1, LOOK) == ["a1", "b1"]
+
+
+# ---- PreStartContainer ---------------------------------------------------------------------
+def test_check_present(tmp_path):
+    node = tmp_path / "ttyUSB0"
+    node.write_text("")
+    hp = Claim(resource=R, mounts=(Mount(str(tmp_path / "dir"), "/data"),))
+    look = lookup_of(entry("A", devnode=str(node), healthy=False), entry("H", devnode=None, claim=hp))
+    check_present(R, ["A"], look)  # health is kubelet's business; presence is ours
+    with pytest.raises(DeviceRequestError) as err:
+        check_present(R, ["H"], look)
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "'H'" in err.value.message
+    (tmp_path / "dir").mkdir()
+    check_present(R, ["A", "H"], look)
+    node.unlink()
+    with pytest.raises(DeviceRequestError) as err:
+        check_present(R, ["A"], look)
+    assert str(node) in err.value.message
+    with pytest.raises(DeviceRequestError) as err:
+        check_present(R, ["Z"], look)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_response_is_a_real_message():
+    resp = container_response(R, [entry("A")])
+    assert isinstance(resp, api_pb2.ContainerAllocateResponse)
+    assert api_pb2.ContainerAllocateResponse.FromString(resp.SerializeToString()) == resp

@@ -1,0 +1,105 @@
+"""The generated v1beta1 code: wire-compatible field numbers, and reproducible generation."""
+
+from __future__ import annotations
+
+import filecmp
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devplug.kubelet import api_pb2
+
+ROOT = Path(__file__).resolve().parents[2]
+PKG = ROOT / "src" / "devplug" / "kubelet"
+GENERATED = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py")
+
+# kubelet's k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1/api.proto, message by message.
+EXPECTED_FIELDS = {
+    "DevicePluginOptions": {"pre_start_required": 1, "get_preferred_allocation_available": 2},
+    "RegisterRequest": {"version": 1, "endpoint": 2, "resource_name": 3, "options": 4},
+    "Empty": {},
+    "ListAndWatchResponse": {"devices": 1},
+    "TopologyInfo": {"nodes": 1},
+    "NUMANode": {"ID": 1},
+    "Device": {"ID": 1, "health": 2, "topology": 3},
+    "PreStartContainerRequest": {"devices_ids": 1},
+    "PreStartContainerResponse": {},
+    "PreferredAllocationRequest": {"container_requests": 1},
+    "ContainerPreferredAllocationRequest": {
+        "available_deviceIDs": 1,
+        "must_include_deviceIDs": 2,
+        "allocation_size": 3,
+    },
+    "PreferredAllocationResponse": {"container_responses": 1},
+    "ContainerPreferredAllocationResponse": {"deviceIDs": 1},
+    "AllocateRequest": {"container_requests": 1},
+    "ContainerAllocateRequest": {"devices_ids": 1},
+    "CDIDevice": {"name": 1},
+    "AllocateResponse": {"container_responses": 1},
+    "ContainerAllocateResponse": {"envs": 1, "mounts": 2, "devices": 3, "annotations": 4, "cdi_devices": 5},
+    "Mount": {"container_path": 1, "host_path": 2, "read_only": 3},
+    "DeviceSpec": {"container_path": 1, "host_path": 2, "permissions": 3},
+}
+
+EXPECTED_METHODS = {
+    "Registration": {"Register": ("RegisterRequest", "Empty", False)},
+    "DevicePlugin": {
+        "GetDevicePluginOptions": ("Empty", "DevicePluginOptions", False),
+        "ListAndWatch": ("Empty", "ListAndWatchResponse", True),
+        "GetPreferredAllocation": ("PreferredAllocationRequest", "PreferredAllocationResponse", False),
+        "Allocate": ("AllocateRequest", "AllocateResponse", False),
+        "PreStartContainer": ("PreStartContainerRequest", "PreStartContainerResponse", False),
+    },
+}
+
+
+def test_package_messages_and_field_numbers_match_kubelet():
+    fd = api_pb2.DESCRIPTOR
+    assert fd.package == "v1beta1"
+    assert set(fd.message_types_by_name) == set(EXPECTED_FIELDS)
+    for name, fields in EXPECTED_FIELDS.items():
+        msg = fd.message_types_by_name[name]
+        assert {f.name: f.number for f in msg.fields} == fields, name
+
+
+def test_map_fields_and_services_match_kubelet():
+    car = api_pb2.DESCRIPTOR.message_types_by_name["ContainerAllocateResponse"]
+    for name in ("envs", "annotations"):
+        assert car.fields_by_name[name].message_type.GetOptions().map_entry
+    assert api_pb2.DESCRIPTOR.message_types_by_name["NUMANode"].fields_by_name["ID"].type == 3  # int64
+    for service, methods in EXPECTED_METHODS.items():
+        sd = api_pb2.DESCRIPTOR.services_by_name[service]
+        got = {
+            m.name: (m.input_type.name, m.output_type.name, m.server_streaming) for m in sd.methods
+        }
+        assert got == methods
+
+
+def test_wire_bytes_are_what_kubelet_expects():
+    # Field 5 (cdi_devices), length-delimited, holding field 1 (name): 0x2a len 0x0a len "a/b=c".
+    raw = api_pb2.ContainerAllocateResponse(cdi_devices=[api_pb2.CDIDevice(name="a/b=c")]).SerializeToString()
+    assert raw == b"\x2a\x07\x0a\x05a/b=c"
+    raw = api_pb2.RegisterRequest(version="v1beta1").SerializeToString()
+    assert raw == b"\x0a\x07v1beta1"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("grpc_tools") is None, reason="grpcio-tools not installed")
+def test_generation_is_reproducible(tmp_path):
+    out = tmp_path / "gen"
+    env = dict(os.environ, PYTHON=sys.executable)
+    subprocess.run(["sh", str(ROOT / "scripts" / "gen_proto.sh"), str(out)], check=True, env=env)
+    for name in GENERATED:
+        assert filecmp.cmp(PKG / name, out / name, shallow=False), (
+            f"{name} differs from scripts/gen_proto.sh output: regenerate and commit"
+        )
+
+
+def test_generated_service_module_imports_inside_the_package():
+    # The committed service module must use a relative import, not a top-level `api_pb2`.
+    text = (PKG / "api_pb2_grpc.py").read_text()
+    assert "from . import api_pb2 as api__pb2" in text
+    assert "\nimport api_pb2" not in text
