@@ -35,6 +35,7 @@ class Config:
     plugin_dir: str = "/var/lib/kubelet/device-plugins"
     debug_socket: Optional[str] = "/run/devplug/debug.sock"
     udev_source: str = "auto"
+    netlink_buffer: int = 128 * 1024 * 1024
     node_name: str = ""
     metrics_address: Optional[str] = None
     pre_start_check: bool = False
@@ -65,7 +66,8 @@ class Daemon:
             register=config.register,
             cdi=self.cdi.qualified_names if self.cdi else None,
         )
-        self.source = UdevSource(source=config.udev_source, subsystems=ruleset.subsystems)
+        self.source = UdevSource(source=config.udev_source, subsystems=ruleset.subsystems,
+                                 receive_buffer=config.netlink_buffer)
         self._served: set[str] = set(ruleset.resources(config.domain))
         self._nursery: Optional[trio.Nursery] = None
         self._consume_scope: Optional[trio.CancelScope] = None
@@ -227,7 +229,8 @@ class Daemon:
             self._consume_scope.cancel()
             await self._consume_done.wait()  # never close a monitor a task still reads
         self.source.close()
-        self.source = UdevSource(source=self.config.udev_source, subsystems=ruleset.subsystems)
+        self.source = UdevSource(source=self.config.udev_source, subsystems=ruleset.subsystems,
+                                 receive_buffer=self.config.netlink_buffer)
         self.source.open()
         assert self._nursery is not None
         await self._nursery.start(self._consume)

@@ -38,6 +38,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="unix socket serving the inventory (empty disables)")
     p.add_argument("--udev-source", choices=("auto", "udev", "kernel"), default=_env("udev-source", "auto"),
                    help="netlink source: udev (processed events, needs a udevd), kernel (raw uevents), auto")
+    p.add_argument("--netlink-buffer", type=int, default=int(_env("netlink-buffer", str(128 * 1024 * 1024)) or 0),
+                   metavar="BYTES", help="netlink receive buffer to ask for (default 128 MiB; above "
+                   "net.core.rmem_max it needs CAP_NET_ADMIN)")
     p.add_argument("--node-name", default=_env("node-name", os.environ.get("NODE_NAME") or os.uname().nodename),
                    help="node name for logs and annotations (default: $NODE_NAME or the host name)")
     p.add_argument("--metrics-address", default=_env("metrics-address", ""),
@@ -68,6 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         plugin_dir=args.plugin_dir,
         debug_socket=args.debug_socket or None,
         udev_source=args.udev_source,
+        netlink_buffer=args.netlink_buffer,
         node_name=args.node_name,
         metrics_address=args.metrics_address or None,
         pre_start_check=args.pre_start_check,

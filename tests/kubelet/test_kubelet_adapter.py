@@ -341,10 +341,13 @@ def test_kubelet_restart_recreates_socket_and_reregisters(plugin_dir):
             await h.until(lambda: all(s.registered for s in h.adapter.status().values()))
             for r in resources:
                 st = h.adapter.status()[r]
-                assert (st.restarts, st.registrations) == (3, 4)
+                # A Register in flight when kubelet dies is cancelled and sent again: >= 4.
+                assert st.restarts == 3 and st.registrations >= 4
             # No restart storm: our own socket churn does not trigger more restarts.
+            count = len(kubelet.registrations)
             await trio.sleep(0.3)
-            assert len(kubelet.registrations) == 8
+            assert len(kubelet.registrations) == count
+            assert all(s.restarts == 3 for s in h.adapter.status().values())
             assert sockets(plugin_dir) == sorted(["kubelet.sock", *map(socket_name, resources)])
 
         run_adapter(scenario, plugin_dir=plugin_dir, inventory=inv, resources=resources)
@@ -398,3 +401,56 @@ def test_plugin_dir_removed_and_recreated(plugin_dir):
             await blocking(kubelet.watch(R).wait_count, 1)
 
         run_adapter(scenario, plugin_dir=plugin_dir)
+
+
+class Recorder:
+    """A KubeletObserver that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def on_sent(self, resource, version, previous):
+        self.calls.append(("sent", resource, version, previous))
+
+    def on_registration(self, resource, ok):
+        self.calls.append(("registration", resource, ok))
+
+    def on_kubelet_restart(self):
+        self.calls.append(("kubelet_restart",))
+
+    def on_allocate(self, resource, result):
+        self.calls.append(("allocate", resource, result))
+
+
+def test_telemetry_hooks(plugin_dir):
+    inv = inventory_with(seen("/sys/a", "A1"), seen("/sys/b", "B2"))
+    inv.apply(gone("/sys/b"))
+    rec = Recorder()
+    with KubeletStandin(plugin_dir) as kubelet:
+        kubelet.reject(1)
+
+        async def scenario(h: Harness):
+            await blocking(kubelet.wait_registration, R)
+            w = kubelet.watch(R)
+            await blocking(w.wait_count, 1)
+            v = inv.version(R)
+            h.apply(gone("/sys/a"))
+            await blocking(w.wait_count, 2)
+            await h.until(lambda: ("sent", R, v + 1, v) in rec.calls)
+            h.apply(seen("/sys/a", "A1"))
+            await blocking(kubelet.allocate, R, ["A1"])
+            for ids in (["nope"], ["B2"]):
+                with pytest.raises(grpc.RpcError):
+                    await blocking(kubelet.allocate, R, ids)
+            await blocking(kubelet.restart)
+            await blocking(kubelet.wait_registration, R, count=2)
+            await h.until(lambda: ("kubelet_restart",) in rec.calls)
+
+        run_adapter(scenario, plugin_dir=plugin_dir, inventory=inv, telemetry=rec)
+    assert rec.calls[:2] == [("registration", R, False), ("registration", R, True)]
+    assert any(c[0] == "sent" and c[3] is None for c in rec.calls)  # a stream's first list
+    assert [c for c in rec.calls if c[0] == "allocate"] == [
+        ("allocate", R, "ok"),
+        ("allocate", R, "invalid_argument"),
+        ("allocate", R, "failed_precondition"),
+    ]

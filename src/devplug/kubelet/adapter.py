@@ -24,7 +24,14 @@ from ..inotify import Inotify, InotifyEvent, Mask
 from ..inventory import Change, Entry, Inventory
 from . import api_pb2
 from .grpc_options import CHANNEL_OPTIONS, SERVER_OPTIONS
-from .servicer import DevicePluginServicer, Pulse, StreamCounter, register, start_server
+from .servicer import (
+    DevicePluginServicer,
+    KubeletObserver,
+    Pulse,
+    StreamCounter,
+    register,
+    start_server,
+)
 
 log = logging.getLogger("devplug.kubelet")
 
@@ -136,8 +143,10 @@ class KubeletAdapter:
         pre_start_check: bool = False,
         register: bool = True,
         cdi: Callable[[Entry], list[str]] | None = None,
+        telemetry: Optional[KubeletObserver] = None,
     ) -> None:
         self.plugin_dir = os.path.abspath(plugin_dir)
+        self._telemetry = telemetry
         self.kubelet_socket = os.path.join(self.plugin_dir, KUBELET_SOCKET)
         self._inventory = inventory
         self._pre_start_check = pre_start_check
@@ -265,6 +274,7 @@ class KubeletAdapter:
                 p.streams,
                 pre_start_check=self._pre_start_check,
                 cdi=self._cdi,
+                telemetry=self._telemetry,
             )
             try:
                 os.makedirs(self.plugin_dir, exist_ok=True)  # it may have been removed
@@ -326,9 +336,13 @@ class KubeletAdapter:
         except grpc.aio.AioRpcError as e:
             p.last_error = f"register: {e.code().name}: {e.details()}"
             log.warning("registration failed resource=%s error=%r", p.resource, p.last_error)
+            if self._telemetry is not None:
+                self._telemetry.on_registration(p.resource, False)
             return False
         finally:
             p.registering_with = None
+        if self._telemetry is not None:
+            self._telemetry.on_registration(p.resource, True)
         p.registered = True
         p.registered_with = kubelet
         p.registered_at = time.time()
@@ -365,6 +379,8 @@ class KubeletAdapter:
         if ev.name == KUBELET_SOCKET:
             if ev.mask & (Mask.CREATE | Mask.MOVED_TO):
                 log.info("kubelet socket appeared; registering every resource")
+                if self._telemetry is not None:
+                    self._telemetry.on_kubelet_restart()
                 kubelet = _identity(self.kubelet_socket)
                 for p in self._plugins.values():
                     # A backoff retry may have reached (or be reaching) this very kubelet.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Optional
+from typing import Optional, Protocol
 
 import grpc
 
@@ -18,6 +18,15 @@ from ..inventory import Entry, Inventory
 from . import allocation, api_pb2, api_pb2_grpc
 
 log = logging.getLogger("devplug.kubelet")
+
+
+class KubeletObserver(Protocol):
+    """What the adapter reports as it works (``devplug.telemetry.Telemetry`` is one)."""
+
+    def on_sent(self, resource: str, version: int, previous: Optional[int]) -> None: ...
+    def on_registration(self, resource: str, ok: bool) -> None: ...
+    def on_kubelet_restart(self) -> None: ...
+    def on_allocate(self, resource: str, result: str) -> None: ...
 
 
 class Pulse:
@@ -56,8 +65,10 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
         *,
         pre_start_check: bool = False,
         cdi: Optional[allocation.CdiNames] = None,
+        telemetry: Optional[KubeletObserver] = None,
     ) -> None:
         self.resource = resource
+        self._telemetry = telemetry
         self._inventory = inventory
         self._pulse = pulse
         self._streams = streams
@@ -110,6 +121,8 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
                 version = self._refresh()
                 if version != sent:
                     await context.write(self._response)
+                    if self._telemetry is not None:
+                        self._telemetry.on_sent(self.resource, version, sent)
                     sent = version
                     continue
                 await self._pulse.wait()
@@ -138,13 +151,22 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
             response = allocation.allocate(self.resource, request, self._lookup(), self._cdi)
         except allocation.DeviceRequestError as e:
             log.warning("allocate refused resource=%s error=%r", self.resource, e.message)
+            self._count_allocate(e.code.name.lower())
             await context.abort(e.code, e.message)
+        except Exception:
+            self._count_allocate("error")
+            raise
+        self._count_allocate("ok")
         log.info(
             "allocated resource=%s ids=%s",
             self.resource,
             ",".join(i for c in request.container_requests for i in c.devices_ids),
         )
         return response
+
+    def _count_allocate(self, result: str) -> None:
+        if self._telemetry is not None:
+            self._telemetry.on_allocate(self.resource, result)
 
     async def PreStartContainer(self, request, context):  # noqa: N802
         if self._pre_start_check:
