@@ -65,6 +65,7 @@ class Daemon:
             pre_start_check=config.pre_start_check,
             register=config.register,
             cdi=self.cdi.qualified_names if self.cdi else None,
+            telemetry=self.telemetry,
         )
         self.source = UdevSource(source=config.udev_source, subsystems=ruleset.subsystems,
                                  receive_buffer=config.netlink_buffer)
