@@ -141,11 +141,43 @@ def parent_devpath(devpath: str, *, sys_root: str = "/sys") -> Optional[str]:
             return path
 
 
+class ParentCache:
+    """Parent records shared across events, so a USB chain is built once, not per uevent.
+
+    An entry is reused only while its sysfs directory is the same one (same inode): a
+    device unplugged and another plugged into the same port gets a new directory, even
+    when the monitor's subsystem filter hid the parent's own remove/add events.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[int, Optional[Device]]] = {}
+
+    def get(self, syspath: str) -> tuple[Optional[int], Optional[Device], bool]:
+        """(current inode or None, cached record, whether the cached record is valid)."""
+        try:
+            ino = os.stat(syspath).st_ino
+        except OSError:
+            return None, None, False
+        hit = self._entries.get(syspath)
+        if hit is not None and hit[0] == ino:
+            return ino, hit[1], True
+        return ino, None, False
+
+    def put(self, syspath: str, ino: Optional[int], record: Optional[Device]) -> None:
+        if ino is not None:
+            self._entries[syspath] = (ino, record)
+
+    def forget(self, syspath: str) -> None:
+        """An event for this device: its properties or driver may have changed."""
+        self._entries.pop(syspath, None)
+
+
 def device_from_pyudev(
     dev: pyudev.Device,
     *,
     sys_root: str = "/sys",
     _parents: Optional[dict[str, Optional[Device]]] = None,
+    parent_cache: Optional[ParentCache] = None,
 ) -> Device:
     """Build the :class:`Device` record (with its parent chain) for a pyudev device.
 
@@ -166,11 +198,17 @@ def device_from_pyudev(
         if parent_path in cache:
             parent = cache[parent_path]
         else:
-            try:
-                pdev = pyudev.Devices.from_sys_path(dev.context, sys_root + parent_path)
-                parent = device_from_pyudev(pdev, sys_root=sys_root, _parents=cache)
-            except (OSError, pyudev.DeviceNotFoundError):  # gone meanwhile
-                parent = None
+            ino, parent, valid = (parent_cache.get(sys_root + parent_path) if parent_cache is not None
+                                  else (None, None, False))
+            if not valid:
+                try:
+                    pdev = pyudev.Devices.from_sys_path(dev.context, sys_root + parent_path)
+                    parent = device_from_pyudev(pdev, sys_root=sys_root, _parents=cache,
+                                                parent_cache=parent_cache)
+                except (OSError, pyudev.DeviceNotFoundError):  # gone meanwhile
+                    parent = None
+                if parent_cache is not None:
+                    parent_cache.put(sys_root + parent_path, ino, parent)
             cache[parent_path] = parent
     devname = props.get("DEVNAME")
     if devname is not None and not devname.startswith("/"):

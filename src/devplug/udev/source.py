@@ -53,7 +53,7 @@ import trio
 
 from ..device import Device
 from . import db
-from .records import device_from_pyudev, list_devices
+from .records import ParentCache, device_from_pyudev, list_devices
 
 log = logging.getLogger(__name__)
 
@@ -108,25 +108,35 @@ def udevd_reachable(control: str = CONTROL_SOCKET) -> bool:
         ours = os.readlink("/proc/self/ns/net")
     except OSError:
         return False
-    for pid in ([peer] if peer > 0 else []) + _udevd_pids():
+    # The listener may have exited and its PID been reused: only trust udevd processes.
+    pids = _udevd_pids()
+    if peer > 0 and peer not in pids and _comm(peer) in _UDEVD_NAMES:
+        pids.insert(0, peer)
+    for pid in pids:
         try:
-            return os.readlink(f"/proc/{pid}/ns/net") == ours
+            if os.readlink(f"/proc/{pid}/ns/net") == ours:
+                return True
         except OSError:
             continue
     return False
 
 
+_UDEVD_NAMES = ("systemd-udevd", "udevd", "(udev-worker)")
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _udevd_pids() -> list[int]:
     pids = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/comm") as f:
-                if f.read().strip() in ("systemd-udevd", "udevd", "(udev-worker)"):
-                    pids.append(int(entry.name))
-        except OSError:
-            continue
+        if entry.name.isdigit() and _comm(int(entry.name)) in _UDEVD_NAMES:
+            pids.append(int(entry.name))
     return pids
 
 
@@ -172,6 +182,7 @@ class UdevSource:
         self.context = context or pyudev.Context()
         self.db_dir = db_dir
         self.overflows = 0
+        self._parent_cache = ParentCache()
         self._monitor: Optional[pyudev.Monitor] = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -223,7 +234,8 @@ class UdevSource:
     # -- events ----------------------------------------------------------------------------
 
     def _record(self, dev: pyudev.Device) -> Device:
-        record = device_from_pyudev(dev, sys_root=self.context.sys_path)
+        self._parent_cache.forget(self.context.sys_path + dev.device_path)
+        record = device_from_pyudev(dev, sys_root=self.context.sys_path, parent_cache=self._parent_cache)
         if self.source_kind == "kernel":
             record = db.enrich(record, db.read_db(record, self.db_dir))
         return record
