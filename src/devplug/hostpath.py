@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 import trio
 
-from .inotify import Inotify, Mask
+from .inotify import Inotify, Mask, sync_watches
 
 log = logging.getLogger("devplug.hostpath")
 
@@ -22,6 +22,10 @@ WATCH_MASK = (
     Mask.CREATE | Mask.DELETE | Mask.MOVED_FROM | Mask.MOVED_TO | Mask.DELETE_SELF | Mask.MOVE_SELF
     | Mask.ATTRIB | Mask.ONLYDIR
 )
+
+
+def _log_unwatchable(directory: str, exc: OSError) -> None:
+    log.debug("cannot watch", extra={"kv": {"dir": directory, "error": exc.strerror}})
 
 
 def expand(patterns: Iterable[str]) -> list[str]:
@@ -64,15 +68,7 @@ async def watch(patterns: tuple[str, ...], on_paths: Callable[[list[str]], None]
         watched: dict[str, int] = {}
 
         def rewatch() -> None:
-            wanted = watch_dirs(patterns)
-            for d in list(watched):
-                if d not in wanted:
-                    ino.rm_watch(watched.pop(d))
-            for d in wanted - watched.keys():
-                try:
-                    watched[d] = ino.add_watch(d, WATCH_MASK)
-                except OSError as exc:  # raced with removal: the ancestor's watch covers it
-                    log.debug("cannot watch", extra={"kv": {"dir": d, "error": exc.strerror}})
+            sync_watches(ino, watched, watch_dirs(patterns), WATCH_MASK, _log_unwatchable)
 
         rewatch()
         on_paths(expand(patterns))

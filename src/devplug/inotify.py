@@ -15,7 +15,8 @@ import enum
 import errno
 import os
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Optional
 
 import attrs
 import trio
@@ -25,6 +26,7 @@ __all__ = [
     "InotifyEvent",
     "Mask",
     "parse_events",
+    "sync_watches",
 ]
 
 
@@ -246,3 +248,21 @@ class Inotify:
         if getattr(self, "_fd", -1) >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def sync_watches(ino: Inotify, watched: dict[str, int], wanted: set[str], mask: int,
+                 on_error: Optional[Callable[[str, OSError], None]] = None) -> None:
+    """Make ``watched`` (directory → wd) cover exactly ``wanted``: drop the rest, add the new.
+
+    A directory that vanished between deciding and watching is reported to ``on_error``
+    and skipped: its parent's watch reports it coming back.
+    """
+    for d in list(watched):
+        if d not in wanted:
+            ino.rm_watch(watched.pop(d))
+    for d in wanted - watched.keys():
+        try:
+            watched[d] = ino.add_watch(d, mask)
+        except OSError as exc:
+            if on_error is not None:
+                on_error(d, exc)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import trio
 
-from .inotify import Inotify, Mask
+from .inotify import Inotify, Mask, sync_watches
 
 log = logging.getLogger("devplug.rulewatch")
 
@@ -25,6 +25,10 @@ WATCH_MASK = (
     Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.CREATE | Mask.DELETE
     | Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.ATTRIB | Mask.ONLYDIR
 )
+
+
+def _warn_unwatchable(directory: str, exc: OSError) -> None:
+    log.warning("cannot watch rules directory", extra={"kv": {"dir": directory, "error": exc.strerror}})
 
 
 def rules_files(paths: Iterable[str]) -> list[str]:
@@ -70,15 +74,7 @@ async def watch(paths: tuple[str, ...], on_change: Callable[[], Awaitable[None]]
         watched: dict[str, int] = {}
 
         def rewatch() -> None:
-            wanted = watch_dirs(paths)
-            for d in list(watched):
-                if d not in wanted:
-                    ino.rm_watch(watched.pop(d))
-            for d in wanted - watched.keys():
-                try:
-                    watched[d] = ino.add_watch(d, WATCH_MASK)
-                except OSError as exc:
-                    log.warning("cannot watch rules directory", extra={"kv": {"dir": d, "error": exc.strerror}})
+            sync_watches(ino, watched, watch_dirs(paths), WATCH_MASK, _warn_unwatchable)
 
         rewatch()
         last = digest(paths)
