@@ -114,11 +114,12 @@ class Daemon:
                     # First: a taken socket or port fails the start before kubelet sees us.
                     await nursery.start(debug.serve, self.debug_app(), self.config.debug_socket,
                                         self.config.metrics_address)
-                await nursery.start(self.kubelet.run)
-                self.kubelet.set_resources(self._served)
+                # Coldplug before serving: kubelet's first list is already complete.
                 change = self.pipeline.resync(self.source.enumerate())
                 self.publish(change)
                 self.telemetry.on_resync("coldplug", change)
+                self.kubelet.set_resources(self._served)
+                await nursery.start(self.kubelet.run)
                 await self._start_hostpaths()
                 await nursery.start(self._consume)
                 await nursery.start(rulewatch.watch, self.config.rules_paths, self.reload)
