@@ -159,6 +159,10 @@ class Daemon:
             if isinstance(item, DeviceEvent):
                 change = self.pipeline.handle(item.device, item.action)
                 self.publish(change)
+                if change:
+                    # No checkpoint between events: a burst drained in one wake-up reaches
+                    # each stream as one message with the final state.
+                    self.pipeline.log_change(change, item.action, item.device.syspath)
                 d = item.device
                 self.telemetry.on_event(item.action, d.subsystem, d.devpath, item.seqnum, item.received_ns, change)
             elif isinstance(item, Resync):

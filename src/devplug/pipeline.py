@@ -63,7 +63,8 @@ class Pipeline:
         )
 
     def handle(self, device: Device, action: str) -> Change:
-        """One uevent. ``move`` is the old path leaving and the new one arriving."""
+        """One uevent (not logged here: see :meth:`log_change`). ``move`` is the old path
+        leaving and the new one arriving."""
         if action == "move" and device.properties.get("DEVPATH_OLD"):
             old = Sighting(key=device.sys_root + device.properties["DEVPATH_OLD"], present=False)
             first = self.inventory.apply(old)
@@ -71,8 +72,6 @@ class Pipeline:
             change = Change(resources=first.resources | second.resources, ids=first.ids + second.ids)
         else:
             change = self.inventory.apply(self.sight(device, action))
-        if change:
-            self._log(change, action, device.syspath)
         return change
 
     def resync(self, devices: Iterable[Device]) -> Change:
@@ -108,7 +107,8 @@ class Pipeline:
             log.info("host paths changed", extra=kv(ids=",".join(i for _r, i in change.ids)))
         return change
 
-    def _log(self, change: Change, action: str, syspath: str) -> None:
+    def log_change(self, change: Change, action: str, syspath: str) -> None:
+        """One line per ID whose state changed (the caller logs after kubelet was told)."""
         for resource, entry_id in change.ids:
             entry = self.inventory.get(resource, entry_id)
             if entry is not None:
