@@ -117,3 +117,27 @@ def test_generated_service_module_imports_inside_the_package():
     text = (PKG / "api_pb2_grpc.py").read_text()
     assert "from . import api_pb2 as api__pb2" in text
     assert "\nimport api_pb2" not in text
+
+
+def test_hand_registered_handlers_cover_the_service_and_encode_like_protobuf():
+    """servicer._add_servicer replaces the generated registration (to send pre-encoded lists)."""
+    from devplug.kubelet import servicer as sv
+
+    class Recorder:
+        def add_generic_rpc_handlers(self, handlers):
+            self.generic = handlers
+
+        def add_registered_method_handlers(self, service, handlers):
+            self.service, self.handlers = service, handlers
+
+    rec = Recorder()
+    sv._add_servicer(sv.DevicePluginServicer.__new__(sv.DevicePluginServicer), rec)
+    methods = {m.name for m in api_pb2.DESCRIPTOR.services_by_name["DevicePlugin"].methods}
+    assert rec.service == "v1beta1.DevicePlugin" and set(rec.handlers) == methods
+    cache: dict = {}
+    devices = [("a", "Healthy"), ("b-1", "Unhealthy"), ("a", "Healthy")]
+    joined = b"".join(sv._device_chunk(cache, i, h) for i, h in devices)
+    want = api_pb2.ListAndWatchResponse(devices=[api_pb2.Device(ID=i, health=h) for i, h in devices])
+    assert joined == want.SerializeToString()
+    assert api_pb2.ListAndWatchResponse.FromString(joined) == want
+    assert sv._serialize_list(want) == joined

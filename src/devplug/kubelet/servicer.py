@@ -78,7 +78,8 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
         # Rebuilt only when the resource's version moves: the list every stream sends,
         # and an ID index for Allocate and GetPreferredAllocation.
         self._version: Optional[int] = None
-        self._response = api_pb2.ListAndWatchResponse()
+        self._response = b""  # pre-encoded ListAndWatchResponse
+        self._chunks: dict[tuple[str, str], bytes] = {}
         self._by_id: dict[str, Entry] = {}
 
     @property
@@ -96,8 +97,11 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
         version = self._inventory.version(self.resource)
         if version != self._version:
             entries = self._inventory.entries(self.resource)
-            self._response = api_pb2.ListAndWatchResponse(
-                devices=[api_pb2.Device(ID=e.id, health=e.health) for e in entries]
+            # The list kubelet gets after every change, pre-encoded: each device's bytes are
+            # cached, so a change in a resource of 1,000 devices costs a join, not a rebuild.
+            chunks = self._chunks
+            self._response = b"".join(
+                chunks.get((e.id, e.health)) or _device_chunk(chunks, e.id, e.health) for e in entries
             )
             self._by_id = {e.id: e for e in entries}
             self._version = version
@@ -178,12 +182,50 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
         return api_pb2.PreStartContainerResponse()
 
 
+def _device_chunk(cache: dict[tuple[str, str], bytes], device_id: str, health: str) -> bytes:
+    """One ``devices`` element of ListAndWatchResponse on the wire (repeated fields concatenate)."""
+    chunk = api_pb2.ListAndWatchResponse(devices=[api_pb2.Device(ID=device_id, health=health)]).SerializeToString()
+    if len(cache) > 65536:  # IDs churn (DEVICE_ID templates, reloads): stay bounded
+        cache.clear()
+    cache[(device_id, health)] = chunk
+    return chunk
+
+
+def _serialize_list(response: bytes | api_pb2.ListAndWatchResponse) -> bytes:
+    """ListAndWatch answers are pre-encoded bytes; a message still works (tests, tools)."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+def _add_servicer(servicer: DevicePluginServicer, server: grpc.aio.Server) -> None:
+    """The generated registration, except that ListAndWatch sends pre-encoded bytes."""
+    empty = api_pb2.Empty.FromString
+    handlers = {
+        "GetDevicePluginOptions": grpc.unary_unary_rpc_method_handler(
+            servicer.GetDevicePluginOptions, request_deserializer=empty,
+            response_serializer=api_pb2.DevicePluginOptions.SerializeToString),
+        "ListAndWatch": grpc.unary_stream_rpc_method_handler(
+            servicer.ListAndWatch, request_deserializer=empty, response_serializer=_serialize_list),
+        "GetPreferredAllocation": grpc.unary_unary_rpc_method_handler(
+            servicer.GetPreferredAllocation,
+            request_deserializer=api_pb2.PreferredAllocationRequest.FromString,
+            response_serializer=api_pb2.PreferredAllocationResponse.SerializeToString),
+        "Allocate": grpc.unary_unary_rpc_method_handler(
+            servicer.Allocate, request_deserializer=api_pb2.AllocateRequest.FromString,
+            response_serializer=api_pb2.AllocateResponse.SerializeToString),
+        "PreStartContainer": grpc.unary_unary_rpc_method_handler(
+            servicer.PreStartContainer, request_deserializer=api_pb2.PreStartContainerRequest.FromString,
+            response_serializer=api_pb2.PreStartContainerResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("v1beta1.DevicePlugin", handlers),))
+    server.add_registered_method_handlers("v1beta1.DevicePlugin", handlers)
+
+
 async def start_server(
     servicer: DevicePluginServicer, path: str, options: list[tuple[str, object]]
 ) -> grpc.aio.Server:
     """Serve ``servicer`` on the unix socket ``path`` (asyncio side)."""
     server = grpc.aio.server(options=options)
-    api_pb2_grpc.add_DevicePluginServicer_to_server(servicer, server)
+    _add_servicer(servicer, server)
     server.add_insecure_port("unix://" + path)
     await server.start()
     return server
