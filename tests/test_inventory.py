@@ -131,3 +131,50 @@ def test_snapshot_is_cached_until_change():
     assert inv.entries(R) is first
     inv.apply(seen("/sys/b", base="b"))
     assert inv.entries(R) is not first
+
+
+def test_incremental_state_matches_a_simple_model():
+    """Random plug/unplug/claim/release/share sequences: the indexed, cached inventory
+    agrees with a from-scratch model after every step. An unplugged device's IDs stay
+    (Unhealthy) in the resource that had it, even if it comes back under another one."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    keys = [f"/sys/d{i}" for i in range(5)]
+    step = st.tuples(st.sampled_from(keys), st.sampled_from(["add", "remove", "release"]),
+                     st.sampled_from(["x", "y"]), st.integers(1, 3))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(step, max_size=40))
+    def run(steps):
+        inv = Inventory(clock=_clock())
+        model: dict[tuple[str, str], tuple[int, bool]] = {}  # (resource, base) -> (share, healthy)
+        bound: dict[str, tuple[str, str]] = {}  # key -> (resource, base)
+        for key, op, res, share in steps:
+            base = "b" + key[-1]
+            resource = f"devplug.io/{res}"
+            if op == "add":
+                inv.apply(seen(key, base=base, resource=resource, claim=Claim(resource=resource, share=share)))
+                old = bound.get(key)
+                if old is not None and old != (resource, base):
+                    del model[old]  # a present device moving: it leaves the old resource
+                model[(resource, base)] = (share, True)
+                bound[key] = (resource, base)
+            elif op == "remove":
+                inv.apply(gone(key))
+                if key in bound:
+                    rb = bound.pop(key)
+                    model[rb] = (model[rb][0], False)
+            else:
+                inv.apply(Sighting(key=key, present=True))
+                if key in bound:
+                    del model[bound.pop(key)]
+            want: dict[str, list[tuple[str, str]]] = {}
+            for (r, b), (n, healthy) in model.items():
+                ids = [b] if n == 1 else [f"{b}-s{k}" for k in range(n)]
+                want.setdefault(r, []).extend((i, "Healthy" if healthy else "Unhealthy") for i in ids)
+            for r in inv.resources() | set(want):
+                got = [(e.id, e.health) for e in inv.entries(r)]
+                assert got == sorted(want.get(r, [])), (r, steps)
+
+    run()

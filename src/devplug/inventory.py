@@ -90,6 +90,7 @@ class _Resource:
     physical: dict[str, tuple[str, ...]] = attrs.field(factory=dict)  # base ID -> its IDs
     version: int = 0
     snapshot: Optional[tuple[Entry, ...]] = None
+    order: Optional[list[str]] = None  # sorted IDs; kept while only health/fields change
 
 
 class Inventory:
@@ -115,7 +116,10 @@ class Inventory:
         if r is None:
             return ()
         if r.snapshot is None:
-            r.snapshot = tuple(r.entries[k] for k in sorted(r.entries))
+            if r.order is None:
+                r.order = sorted(r.entries)
+            entries = r.entries
+            r.snapshot = tuple([entries[k] for k in r.order])
         return r.snapshot
 
     def get(self, resource: str, device_id: str) -> Optional[Entry]:
@@ -208,6 +212,7 @@ class Inventory:
         for i in res.physical.get(base, ()):
             if i not in ids:
                 del res.entries[i]
+                res.order = None
                 touched.setdefault(s.resource, set()).add(i)
         res.physical[base] = ids
         now = None
@@ -230,6 +235,8 @@ class Inventory:
                 since=since,
             )
             if old != new:
+                if old is None:
+                    res.order = None
                 res.entries[i] = new
                 touched.setdefault(s.resource, set()).add(i)
 
@@ -247,6 +254,7 @@ class Inventory:
             return
         for i in res.physical.pop(base, ()):
             del res.entries[i]
+            res.order = None
             touched.setdefault(resource, set()).add(i)
 
     def _mark_unhealthy(self, bound: tuple[str, str], touched: dict[str, set[str]]) -> None:
