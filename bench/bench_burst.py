@@ -8,6 +8,9 @@ messages that took (coalescing); then writes every number to hot_remove and time
 all 1,000 are Unhealthy. Floors of the same run: how long the hot_add (hot_remove) loop
 itself took, and when a bare pyudev monitor in its own process saw the last add (remove).
 RSS of the daemon (VmRSS) before, at the peak (VmHWM) and after the removal.
+Then a "queued" cycle: the daemon is stopped (SIGSTOP) while the 1,000 adds (removes)
+happen and continued once the floor monitor saw them all, so the time from SIGCONT to the
+complete list is devplug's own cost of draining 1,000 queued uevents, kernel excluded.
 
     python bench/bench_burst.py [--devices 1000] [--sources kernel,udev]
 Needs root. Prints one JSON object, then a table. Every zram device created is removed.
@@ -16,7 +19,9 @@ Needs root. Prints one JSON object, then a table. Every zram device created is r
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -51,7 +56,36 @@ def ms(ns: float) -> float:
     return round(ns / 1e6, 1)
 
 
-def run_source(source: str, n: int, pool: ZramPool, workdir: Path) -> dict:
+def queued_cycle(daemon: Daemon, watch, floor: FloorMonitor, pool: ZramPool, n: int) -> dict:
+    """The same burst with the daemon stopped (SIGSTOP) until netlink has delivered it all:
+    from SIGCONT, the time to drain N queued uevents is devplug's own cost, kernel excluded."""
+    out = {}
+    for phase, health in (("add", "Healthy"), ("remove", "Unhealthy")):
+        settle()
+        time.sleep(0.3)
+        since = floor.mark()
+        os.kill(daemon.pid, signal.SIGSTOP)
+        try:
+            if phase == "add":
+                nums = pool.add(n)
+                numset, names = set(nums), {f"zram{k}" for k in nums}
+            else:
+                if pool.remove(nums):
+                    raise RuntimeError("zram devices stayed busy")
+            if floor.wait(phase, names, timeout=120, since=since) is None:
+                raise RuntimeError(f"the floor monitor did not see every {phase}")
+            time.sleep(0.2)
+            mark = len(watch.lists)
+        finally:
+            t_cont = time.perf_counter_ns()
+            os.kill(daemon.pid, signal.SIGCONT)
+        got = watch.wait_for(all_with(numset, health), timeout=120)
+        out[phase] = {"drain_ms": ms(got.t_ns - t_cont),
+                      "messages": sum(1 for dl in watch.lists[mark:] if dl.t_ns <= got.t_ns)}
+    return out
+
+
+def run_source(source: str, n: int, pool: ZramPool, workdir: Path, with_queued: bool = True) -> dict:
     plugin_dir = workdir / f"plugins-{source}"
     plugin_dir.mkdir()
     rules = workdir / "burst.rules"
@@ -92,6 +126,7 @@ def run_source(source: str, n: int, pool: ZramPool, workdir: Path) -> dict:
             rm_msgs = sum(1 for dl in watch.lists[lists_mid:] if dl.t_ns <= gone.t_ns)
             time.sleep(1.0)
             rss_after = daemon.memory()
+            queued = queued_cycle(daemon, watch, floor, pool, n) if with_queued else None
             errors = daemon.errors()
     finally:
         if daemon is not None:
@@ -114,6 +149,7 @@ def run_source(source: str, n: int, pool: ZramPool, workdir: Path) -> dict:
             "after_floor_ms": ms(gone.t_ns - t_floor_rm) if t_floor_rm else None,
             "messages": rm_msgs,
         },
+        "queued": queued,
         "rss_mib": {"before": mib(rss_before["VmRSS"]), "peak": mib(rss_peak["VmHWM"]),
                     "after_remove": mib(rss_after["VmRSS"]), "peak_at_end": mib(rss_after["VmHWM"])},
         "daemon_errors": errors,
@@ -133,6 +169,12 @@ def table(results: list[dict]) -> str:
                          + (f"{rss['before']}/{rss['peak']}/{rss['after_remove']}" if phase == "add" else ""))
     lines.append("(times from the first hot_add / hot_remove; 'after floor' = devplug's list received minus "
                  "the bare monitor's last event)")
+    for r in results:
+        q = r.get("queued")
+        if q:
+            lines.append(f"{r['source']:<7} queued: {r['devices']} adds drained in {q['add']['drain_ms']} ms "
+                         f"({q['add']['messages']} msgs), {r['devices']} removes in {q['remove']['drain_ms']} ms "
+                         f"({q['remove']['messages']} msgs) after SIGCONT")
     return "\n".join(lines)
 
 
@@ -140,6 +182,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--sources", default="kernel,udev")
+    ap.add_argument("--no-queued", action="store_true", help="skip the SIGSTOP/SIGCONT drain cycle")
     args = ap.parse_args()
     require_root()
     interrupt_on_sigterm()
@@ -149,7 +192,7 @@ def main() -> None:
             if source == "udev":
                 ensure_udevd()
             settle()
-            results.append(run_source(source, args.devices, pool, Path(tmp)))
+            results.append(run_source(source, args.devices, pool, Path(tmp), not args.no_queued))
     emit({"benchmark": "burst", "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
           "goal_all_healthy_ms": 500, "results": results}, table(results))
 

@@ -7,9 +7,15 @@ floor) timestamps the same uevents, so the table shows devplug's cost over netli
 Timestamps are CLOCK_MONOTONIC (``time.perf_counter_ns``) in every process.
 
 ``--held N`` first hot-adds N zram block devices claimed by a second resource, so the
-figures show the cost with a large inventory (they are removed afterwards).
+figures show the cost with a large inventory (they are removed afterwards, also on Ctrl-C).
+With 0 held, a second floor follows: the transport floor, a bare process on the same stack
+(trio + trio-asyncio + grpc.aio + pyudev) that only flips one device's health on each tty20
+uevent and writes it on a ListAndWatch stream to the same client; the gap between it and
+devplug is devplug's own logic.
+With ``--same-resource`` they are claimed by tty20's resource instead: every flip then
+changes a resource of N+1 devices (the worst case for rebuilding the list kubelet gets).
 
-    python bench/bench_hotplug.py [--samples 300] [--sources kernel,udev] [--held 0]
+    python bench/bench_hotplug.py [--samples 300] [--sources kernel,udev] [--held 0] [--same-resource]
 Needs root. Prints one JSON object, then a table.
 """
 
@@ -30,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from tests.kubelet_standin import KubeletStandin  # noqa: E402
+from benchlib import ZramPool, ensure_udevd, http_get, interrupt_on_sigterm, settle  # noqa: E402
+from tests.kubelet_standin import KubeletStandin, Watch  # noqa: E402
 
 TTY = "tty20"
 DEV_ID = "virtual-tty-tty20"
@@ -64,72 +71,134 @@ def summary(values_ms: list[float]) -> dict[str, float]:
     }
 
 
-def hot_add_zram(n: int) -> list[int]:
-    nums = []
-    for _ in range(n):
-        nums.append(int(Path("/sys/class/zram-control/hot_add").read_text()))
-    return nums
 
 
-def hot_remove_zram(nums: list[int]) -> None:
-    for num in nums:
+def flips(watch: Watch, samples: int) -> tuple[list[float], list[tuple[str, int]]]:
+    """``samples`` remove+add pairs on tty20: ms from the write to the list received."""
+    latencies: list[float] = []
+    sent: list[tuple[str, int]] = []
+    uevent = f"/sys/class/tty/{TTY}/uevent"
+    for k in range(samples * 2):
+        action = "remove" if k % 2 == 0 else "add"
+        want = "Unhealthy" if action == "remove" else "Healthy"
+        n_before = len(watch.lists)
+        t0 = time.perf_counter_ns()
+        with open(uevent, "w") as fh:
+            fh.write(action)
+        got = watch.wait_for(lambda dl: dl.as_dict().get(DEV_ID) == want, timeout=5)
+        latencies.append((got.t_ns - t0) / 1e6)
+        sent.append((action, t0))
+        assert len(watch.lists) == n_before + 1, "one uevent must give exactly one message"
+        time.sleep(0.002)
+    return latencies, sent
+
+
+#: The transport floor: the same stack (trio + trio-asyncio + grpc.aio + pyudev) doing
+#: nothing but flipping one device's health on each tty20 uevent and writing it on the stream.
+STREAM_FLOOR = r"""
+import asyncio, sys, trio, trio_asyncio, pyudev
+from devplug.kubelet import api_pb2, api_pb2_grpc
+source, path, dev_id = sys.argv[1:4]
+health = ["Healthy"]
+class Servicer(api_pb2_grpc.DevicePluginServicer):
+    def __init__(self):
+        self.event = asyncio.Event()
+    async def ListAndWatch(self, request, context):
+        while True:
+            await context.write(api_pb2.ListAndWatchResponse(devices=[api_pb2.Device(ID=dev_id, health=health[0])]))
+            await self.event.wait()
+            self.event.clear()
+async def serve(servicer):
+    import grpc
+    server = grpc.aio.server()
+    api_pb2_grpc.add_DevicePluginServicer_to_server(servicer, server)
+    server.add_insecure_port("unix://" + path)
+    await server.start()
+    return server
+async def main():
+    async with trio_asyncio.open_loop():
+        servicer = Servicer()
+        server = await trio_asyncio.aio_as_trio(serve)(servicer)
+        mon = pyudev.Monitor.from_netlink(pyudev.Context(), source=source)
+        mon.filter_by("tty")
+        mon.start()
+        print("ready", flush=True)
+        while True:
+            await trio.lowlevel.wait_readable(mon.fileno())
+            while (dev := mon.poll(0)) is not None:
+                if dev.sys_name == "tty20":
+                    health[0] = "Unhealthy" if dev.action == "remove" else "Healthy"
+                    servicer.event.set()
+trio.run(main)
+"""
+
+
+def stream_floor(source: str, samples: int, workdir: Path) -> dict:
+    sock = str(workdir / f"floor-{source}.sock")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.Popen([sys.executable, "-c", STREAM_FLOOR, source, sock, DEV_ID], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        watch = Watch(sock, "floor")
         try:
-            Path("/sys/class/zram-control/hot_remove").write_text(str(num))
-        except OSError:
-            pass
+            watch.wait_for(lambda dl: dl.as_dict().get(DEV_ID) == "Healthy", timeout=10)
+            latencies, _sent = flips(watch, samples)
+        finally:
+            watch.close()
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    return summary(latencies)
 
 
-def ensure_udevd() -> None:
-    if subprocess.run(["udevadm", "control", "--ping", "-t", "1"], capture_output=True).returncode == 0:
-        return
-    for binary in ("/lib/systemd/systemd-udevd", "/usr/lib/systemd/systemd-udevd"):
-        if os.access(binary, os.X_OK):
-            subprocess.run([binary, "--daemon"], check=True)
-            subprocess.run(["udevadm", "settle", "-t", "10"], check=False)
-            return
-    raise SystemExit("the udev source needs systemd-udevd (Debian package udev)")
+def internal_latency(sock: str) -> dict | None:
+    """devplug's own share, from its /metrics: uevent received → list sent (histogram mean)."""
+    try:
+        _status, body = http_get(sock, "/metrics")
+    except OSError:
+        return None
+    total = count = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith("devplug_uevent_to_send_seconds_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("devplug_uevent_to_send_seconds_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return {"received_to_sent_mean_ms": round(total / count * 1e3, 4), "sends": int(count)} if count else None
 
 
-def run_source(source: str, samples: int, held: int, workdir: Path) -> dict:
-    plugin_dir = workdir / f"plugins-{source}"
+def run_source(source: str, samples: int, held: int, workdir: Path, same: bool = False) -> dict:
+    zram_resource = "bench-tty" if same else "bench-zram"
+    tag = f"{source}-{held}{'-same' if same else ''}"
+    plugin_dir = workdir / f"plugins-{tag}"
     plugin_dir.mkdir()
-    rules = workdir / f"bench-{source}.rules"
+    rules = workdir / f"bench-{tag}.rules"
     rules.write_text(
         'SUBSYSTEM=="tty", KERNEL=="tty20", RESOURCE="bench-tty"\n'
-        'SUBSYSTEM=="block", KERNEL=="zram*", RESOURCE="bench-zram"\n'
+        f'SUBSYSTEM=="block", KERNEL=="zram*", RESOURCE="{zram_resource}"\n'
     )
     floor = subprocess.Popen([sys.executable, "-c", FLOOR, source], stdout=subprocess.PIPE, text=True)
     assert floor.stdout is not None
     assert floor.stdout.readline().strip() == "ready"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    log = open(workdir / f"devplug-{source}.log", "w")
+    log = open(workdir / f"devplug-{tag}.log", "w")
+    debug_sock = str(workdir / f"debug-{tag}.sock")
+    internal = None
     with KubeletStandin(str(plugin_dir), auto_watch=True) as kubelet:
         proc = subprocess.Popen(
             [sys.executable, "-m", "devplug", "run", "--rules", str(rules), "--plugin-dir", str(plugin_dir),
-             "--debug-socket", "", "--udev-source", source, "--log-level", "warning"],
+             "--debug-socket", debug_sock, "--udev-source", source, "--log-level", "warning"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         try:
             watch = kubelet.wait_watch(RESOURCE, timeout=20)
             watch.wait_for(lambda dl: dl.as_dict().get(DEV_ID) == "Healthy", timeout=10)
             if held:
-                zwatch = kubelet.wait_watch("devplug.io/bench-zram", timeout=20)
+                zwatch = kubelet.wait_watch("devplug.io/" + zram_resource, timeout=20)
                 zwatch.wait_for(lambda dl: sum(h == "Healthy" for _i, h in dl.devices) >= held, timeout=60)
-            latencies: list[float] = []
-            sent: list[tuple[str, int]] = []
-            uevent = f"/sys/class/tty/{TTY}/uevent"
-            for k in range(samples * 2):
-                action = "remove" if k % 2 == 0 else "add"
-                want = "Unhealthy" if action == "remove" else "Healthy"
-                n_before = len(watch.lists)
-                t0 = time.perf_counter_ns()
-                with open(uevent, "w") as fh:
-                    fh.write(action)
-                got = watch.wait_for(lambda dl: dl.as_dict().get(DEV_ID) == want, timeout=5)
-                latencies.append((got.t_ns - t0) / 1e6)
-                sent.append((action, t0))
-                assert len(watch.lists) == n_before + 1, "one uevent must give exactly one message"
-                time.sleep(0.002)
+            latencies, sent = flips(watch, samples)
+            internal = internal_latency(debug_sock)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(10)
@@ -142,7 +211,7 @@ def run_source(source: str, samples: int, held: int, workdir: Path) -> dict:
     for (action, t0), (faction, t1) in zip(sent, floor_times):
         if action == faction:
             floors.append((t1 - t0) / 1e6)
-    result = {"source": source, "held_devices": held, "samples": len(latencies),
+    result = {"internal": internal, "source": source, "held_devices": held, "same_resource": same, "samples": len(latencies),
               "devplug": summary(latencies), "floor": summary(floors) if floors else None}
     if floors:
         result["ratio_p50"] = round(result["devplug"]["p50_ms"] / result["floor"]["p50_ms"], 2)
@@ -154,31 +223,51 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=300, help="remove+add pairs per source")
     ap.add_argument("--sources", default="kernel,udev")
     ap.add_argument("--held", default="0", help="comma-separated counts of other devices held (zram)")
+    ap.add_argument("--same-resource", action="store_true",
+                    help="held devices share tty20's resource (each flip resends a list of N+1 devices)")
+    ap.add_argument("--no-stream-floor", action="store_true",
+                    help="skip the transport floor (bare trio-asyncio + grpc.aio stream, same uevents)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (writes uevents under /sys)")
+    interrupt_on_sigterm()
     results = []
     with tempfile.TemporaryDirectory(prefix="devplug-bench-") as tmp:
         for held in [int(h) for h in args.held.split(",")]:
-            nums = hot_add_zram(held) if held else []
-            try:
+            with ZramPool() as pool:  # removes what it added, also on Ctrl-C / SIGTERM
+                if held:
+                    pool.add(held)
+                    settle()
                 for source in args.sources.split(","):
                     if source == "udev":
                         ensure_udevd()
-                    results.append(run_source(source, args.samples, held, Path(tmp)))
-            finally:
-                hot_remove_zram(nums)
+                    results.append(run_source(source, args.samples, held, Path(tmp), args.same_resource and held > 0))
+                    if not held and not args.no_stream_floor:
+                        results[-1]["stream_floor"] = stream_floor(source, args.samples, Path(tmp))
+                        results[-1]["ratio_p50_stream_floor"] = round(
+                            results[-1]["devplug"]["p50_ms"] / results[-1]["stream_floor"]["p50_ms"], 2)
     report = {"benchmark": "hotplug_latency", "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
               "results": results}
     print(json.dumps(report, indent=2))
     print()
-    print(f"{'source':<8} {'held':>5} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-          f"{'floor p50':>10} {'floor p99':>10} {'ratio':>6}")
+    print(f"{'source':<8} {'held':>6} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+          f"{'floor p50':>10} {'floor p99':>10} {'ratio':>6} {'in devplug':>11}")
     for r in results:
         d, f = r["devplug"], r["floor"] or {}
-        print(f"{r['source']:<8} {r['held_devices']:>5} {r['samples']:>5} {d['p50_ms']:>8.3f} {d['p99_ms']:>8.3f} "
+        held = f"{r['held_devices']}{'*' if r.get('same_resource') else ''}"
+        print(f"{r['source']:<8} {held:>6} {r['samples']:>5} {d['p50_ms']:>8.3f} {d['p99_ms']:>8.3f} "
               f"{d['max_ms']:>8.3f} {f.get('p50_ms', float('nan')):>10.3f} {f.get('p99_ms', float('nan')):>10.3f} "
-              f"{r.get('ratio_p50', float('nan')):>6}")
+              f"{r.get('ratio_p50', float('nan')):>6} {(r['internal'] or {}).get('received_to_sent_mean_ms', float('nan')):>11.3f}")
+    for r in results:
+        f = r.get("stream_floor")
+        if f:
+            print(f"{r['source']:<8} transport floor (trio-asyncio + grpc.aio, one device, same uevents): p50 "
+                  f"{f['p50_ms']:.3f} p99 {f['p99_ms']:.3f} max {f['max_ms']:.3f} ms; devplug/floor p50 "
+                  f"{r['ratio_p50_stream_floor']}")
+    print("(in devplug: mean time from devplug reading the uevent until its grpc.aio stream write completed, "
+          "from its /metrics)")
+    if any(r.get("same_resource") for r in results):
+        print("(* held devices in tty20's own resource)")
 
 
 if __name__ == "__main__":

@@ -222,12 +222,16 @@ class FloorMonitor:
                 self.events.append((action, name, int(t)))
                 self._cond.notify_all()
 
-    def wait(self, action: str, names: set[str], timeout: float = 60.0) -> Optional[int]:
-        """Time the last of ``names`` was seen with ``action`` (None on timeout)."""
+    def mark(self) -> int:
+        with self._cond:
+            return len(self.events)
+
+    def wait(self, action: str, names: set[str], timeout: float = 60.0, since: int = 0) -> Optional[int]:
+        """Time the last of ``names`` was seen with ``action`` after event ``since`` (None on timeout)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                seen = {n: t for a, n, t in self.events if a == action and n in names}
+                seen = {n: t for a, n, t in self.events[since:] if a == action and n in names}
                 if len(seen) == len(names):
                     return max(seen.values())
                 left = deadline - time.monotonic()
