@@ -14,7 +14,7 @@ from typing import Optional, Protocol
 
 import grpc
 
-from ..inventory import Entry, Inventory
+from ..inventory import Inventory
 from . import allocation, api_pb2, api_pb2_grpc
 
 log = logging.getLogger("devplug.kubelet")
@@ -75,12 +75,11 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
         self._pre_start_check = pre_start_check
         self._cdi = cdi
         self._closing = False
-        # Rebuilt only when the resource's version moves: the list every stream sends,
-        # and an ID index for Allocate and GetPreferredAllocation.
+        # Rebuilt only when the resource's version moves: the list every stream sends.
+        # Allocate and GetPreferredAllocation look IDs up in the inventory directly.
         self._version: Optional[int] = None
         self._response = b""  # pre-encoded ListAndWatchResponse
         self._chunks: dict[tuple[str, str], bytes] = {}
-        self._by_id: dict[str, Entry] = {}
 
     @property
     def options(self) -> api_pb2.DevicePluginOptions:
@@ -103,13 +102,12 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
             self._response = b"".join(
                 chunks.get((e.id, e.health)) or _device_chunk(chunks, e.id, e.health) for e in entries
             )
-            self._by_id = {e.id: e for e in entries}
             self._version = version
         return version
 
     def _lookup(self) -> allocation.Lookup:
-        self._refresh()
-        return self._by_id.get
+        resource, get = self.resource, self._inventory.get
+        return lambda device_id: get(resource, device_id)
 
     # ---- RPCs ---------------------------------------------------------------------------
     async def GetDevicePluginOptions(self, request, context):  # noqa: N802 (gRPC names)

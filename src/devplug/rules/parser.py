@@ -9,7 +9,6 @@ device becomes which Kubernetes resource.
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Optional, Union
 
@@ -238,6 +237,8 @@ def _compile_token(tok: Token, loc) -> Compiled:
         return _compile_assign(tok, loc)
     if key in DEVICE_MATCH_KEYS:
         return _compile_match(tok, loc)  # raises the operator error
+    import difflib  # only for error messages: keep it off the daemon's start-up path
+
     close = difflib.get_close_matches(key.upper(), KNOWN_KEYS, n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]}?)" if close else ""
     raise _Bad(tok.key_at, f"unknown key '{key}'{hint}")

@@ -137,8 +137,19 @@ def parent_devpath(devpath: str, *, sys_root: str = "/sys") -> Optional[str]:
         path = path.rpartition("/")[0]
         if path.count("/") < 2:  # reached /devices itself
             return None
-        if os.path.exists(f"{sys_root}{path}/uevent"):
+        key = sys_root + path
+        if key in _GLUE:
+            continue
+        if os.path.exists(key + "/uevent"):
             return path
+        if os.path.isdir(key) and len(_GLUE) < _GLUE_MAX:
+            # An existing directory without uevent is kernel glue (a class directory such as
+            # .../virtual/tty): it never turns into a device, so stop asking sysfs about it.
+            _GLUE.add(key)
+
+
+_GLUE: set[str] = set()
+_GLUE_MAX = 4096
 
 
 class ParentCache:
