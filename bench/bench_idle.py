@@ -15,11 +15,13 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import http_get  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -55,25 +57,12 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 def get(sock: str, path: str) -> int:
     """Status code of one GET over the unix socket."""
-    return fetch(sock, path)[0]
-
-
-def fetch(sock: str, path: str) -> tuple[int, bytes]:
-    """One GET over the unix socket (HTTP/1.0-style: read until close; enough for a probe)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(2)
-        s.connect(sock)
-        s.sendall(f"GET {path} HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+    return http_get(sock, path)[0]
 
 
 def uevents_seen(sock: str) -> int:
     """devplug_uevents_total summed over all labels (from /metrics on the debug socket)."""
-    _status, body = fetch(sock, "/metrics")
+    _status, body = http_get(sock, "/metrics")
     return int(sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
                    if line.startswith("devplug_uevents_total")))
 
