@@ -81,9 +81,8 @@ def _run(args: argparse.Namespace) -> int:
     return app.main(config)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import cmd_devices, cmd_inventory, cmd_rules
-
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """All commands; for ``run`` only itself, so the daemon never imports the others."""
     parser = argparse.ArgumentParser(
         prog="devplug",
         description="Kubernetes device plugin for hot-pluggable host devices, matched by udev-style rules.",
@@ -91,14 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"devplug {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run(sub)
-    cmd_rules.register(sub)
-    cmd_devices.register(sub)
-    cmd_inventory.register(sub)
+    if command != "run":
+        from . import cmd_devices, cmd_inventory, cmd_rules
+
+        cmd_rules.register(sub)
+        cmd_devices.register(sub)
+        cmd_inventory.register(sub)
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
