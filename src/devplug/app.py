@@ -201,7 +201,7 @@ class Daemon:
         except RulesError as exc:
             self.rules_error = str(exc)
             for err in exc.errors:
-                log.error("rules reload failed: %s", err)
+                log.error("rules reload failed", extra=kv(error=str(err)))
             log.error("keeping the last good rules", extra=kv(errors=len(exc.errors)))
             self.telemetry.on_reload(False, self.rules_error)
             return
@@ -278,7 +278,7 @@ def main(config: Config) -> int:
         ruleset = load(config)
     except RulesError as exc:
         for err in exc.errors:
-            log.error(str(err))
+            log.error("rules invalid", extra=kv(error=str(err)))
         log.error("rules invalid, not starting", extra=kv(errors=len(exc.errors)))
         return 2
     except OSError as exc:

@@ -22,6 +22,7 @@ import trio_asyncio
 
 from ..inotify import Inotify, InotifyEvent, Mask
 from ..inventory import Change, Entry, Inventory
+from ..logs import kv
 from . import api_pb2
 from .grpc_options import CHANNEL_OPTIONS, SERVER_OPTIONS
 from .servicer import (
@@ -213,7 +214,7 @@ class KubeletAdapter:
         assert self._nursery is not None
         for name in sorted(set(self._plugins) - self._wanted):
             plugin = self._plugins.pop(name)
-            log.info("resource removed resource=%s", name)
+            log.info("resource removed", extra=kv(resource=name))
             plugin.scope.cancel()
         started = []
         for name in sorted(self._wanted - set(self._plugins)):
@@ -263,7 +264,7 @@ class KubeletAdapter:
         try:
             if p.server is not None:
                 p.restarts += 1
-                log.info("restarting server resource=%s socket=%s", p.resource, p.path)
+                log.info("restarting server", extra=kv(resource=p.resource, socket=p.path))
                 # Stop first: grpc unlinks the socket path when a server stops, which would
                 # delete a new server's socket if it were already bound there.
                 await self._stop(p)
@@ -284,13 +285,13 @@ class KubeletAdapter:
                 )
             except Exception as e:  # bind failures: report, retry with backoff
                 p.last_error = f"serve {p.path}: {e}"
-                log.error("cannot serve resource=%s error=%r", p.resource, p.last_error)
+                log.error("cannot serve", extra=kv(resource=p.resource, error=p.last_error))
                 p.need_restart = True
                 return False
             p.servicer = servicer
             p.inode = _identity(p.path)
             p.need_register = True
-            log.info("serving resource=%s socket=%s", p.resource, p.path)
+            log.info("serving", extra=kv(resource=p.resource, socket=p.path))
         finally:
             p.restarting = False
             p.first_start.set()
@@ -309,7 +310,7 @@ class KubeletAdapter:
             try:
                 await trio_asyncio.aio_as_trio(server.stop)(STOP_GRACE)
             except Exception as e:  # the loop may be closing; the socket is removed below
-                log.warning("server stop failed resource=%s error=%r", p.resource, e)
+                log.warning("server stop failed", extra=kv(resource=p.resource, error=repr(e)))
         if p.socket_is_ours():
             _unlink_stale(p.path)
         p.inode = None
@@ -318,7 +319,7 @@ class KubeletAdapter:
         kubelet = _identity(self.kubelet_socket)
         if kubelet is None:
             p.last_error = f"kubelet not listening ({self.kubelet_socket} missing)"
-            log.debug("waiting for kubelet resource=%s", p.resource)
+            log.debug("waiting for kubelet", extra=kv(resource=p.resource))
             return False
         assert p.servicer is not None
         request = api_pb2.RegisterRequest(
@@ -335,7 +336,7 @@ class KubeletAdapter:
             )
         except grpc.aio.AioRpcError as e:
             p.last_error = f"register: {e.code().name}: {e.details()}"
-            log.warning("registration failed resource=%s error=%r", p.resource, p.last_error)
+            log.warning("registration failed", extra=kv(resource=p.resource, error=p.last_error))
             if self._telemetry is not None:
                 self._telemetry.on_registration(p.resource, False)
             return False
@@ -348,12 +349,8 @@ class KubeletAdapter:
         p.registered_at = time.time()
         p.registrations += 1
         p.last_error = None
-        log.info(
-            "registered resource=%s endpoint=%s ms=%.2f",
-            p.resource,
-            request.endpoint,
-            (time.perf_counter() - t0) * 1e3,
-        )
+        log.info("registered", extra=kv(resource=p.resource, endpoint=request.endpoint,
+                                        ms=round((time.perf_counter() - t0) * 1e3, 2)))
         return True
 
     # ---- plugin directory watch ---------------------------------------------------------------
@@ -370,7 +367,7 @@ class KubeletAdapter:
             return
         if ev.mask & (Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.IGNORED) and not ev.name:
             if ev.mask & Mask.IGNORED:
-                log.warning("plugin dir went away; recreating dir=%s", self.plugin_dir)
+                log.warning("plugin dir went away; recreating it", extra=kv(dir=self.plugin_dir))
                 os.makedirs(self.plugin_dir, exist_ok=True)
                 inotify.add_watch(self.plugin_dir, _DIR_EVENTS)
                 for p in self._plugins.values():
@@ -399,7 +396,7 @@ class KubeletAdapter:
         if ev.mask & (Mask.DELETE | Mask.MOVED_FROM):
             for p in self._plugins.values():
                 if ev.name == os.path.basename(p.path) and not p.restarting and not p.socket_is_ours():
-                    log.info("socket removed (kubelet restart?) resource=%s", p.resource)
+                    log.info("socket removed (kubelet restart?)", extra=kv(resource=p.resource))
                     p.want(restart=True)
 
 

@@ -15,6 +15,7 @@ from typing import Optional, Protocol
 import grpc
 
 from ..inventory import Inventory
+from ..logs import kv
 from . import allocation, api_pb2, api_pb2_grpc
 
 log = logging.getLogger("devplug.kubelet")
@@ -116,7 +117,7 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
     async def ListAndWatch(self, request, context):  # noqa: N802
         self._streams.open += 1
         self._streams.total += 1
-        log.debug("stream opened resource=%s open=%d", self.resource, self._streams.open)
+        log.debug("stream opened", extra=kv(resource=self.resource, open=self._streams.open))
         try:
             sent: Optional[int] = None
             while not self._closing:
@@ -130,7 +131,7 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
                 await self._pulse.wait()
         finally:
             self._streams.open -= 1
-            log.debug("stream closed resource=%s open=%d", self.resource, self._streams.open)
+            log.debug("stream closed", extra=kv(resource=self.resource, open=self._streams.open))
 
     async def GetPreferredAllocation(self, request, context):  # noqa: N802
         lookup = self._lookup()
@@ -152,18 +153,15 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
         try:
             response = allocation.allocate(self.resource, request, self._lookup(), self._cdi)
         except allocation.DeviceRequestError as e:
-            log.warning("allocate refused resource=%s error=%r", self.resource, e.message)
+            log.warning("allocate refused", extra=kv(resource=self.resource, error=e.message))
             self._count_allocate(e.code.name.lower())
             await context.abort(e.code, e.message)
         except Exception:
             self._count_allocate("error")
             raise
         self._count_allocate("ok")
-        log.info(
-            "allocated resource=%s ids=%s",
-            self.resource,
-            ",".join(i for c in request.container_requests for i in c.devices_ids),
-        )
+        log.info("allocated", extra=kv(
+            resource=self.resource, ids=",".join(i for c in request.container_requests for i in c.devices_ids)))
         return response
 
     def _count_allocate(self, result: str) -> None:
@@ -175,7 +173,7 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
             try:
                 allocation.check_present(self.resource, request.devices_ids, self._lookup())
             except allocation.DeviceRequestError as e:
-                log.warning("pre-start refused resource=%s error=%r", self.resource, e.message)
+                log.warning("pre-start refused", extra=kv(resource=self.resource, error=e.message))
                 await context.abort(e.code, e.message)
         return api_pb2.PreStartContainerResponse()
 

@@ -52,6 +52,7 @@ import pyudev
 import trio
 
 from ..device import Device
+from ..logs import kv
 from . import db
 from .records import ParentCache, device_from_pyudev, list_devices
 
@@ -94,16 +95,9 @@ def udevd_reachable(control: str = CONTROL_SOCKET) -> bool:
     running udevd by name. When none is visible (another PID namespace) we cannot tell and
     say no: the kernel source works everywhere.
     """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    try:
-        sock.settimeout(0.5)
-        sock.connect(control)
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        peer = struct.unpack("3i", creds)[0]
-    except OSError:
+    peer = _control_peer(control)
+    if peer is None:
         return False
-    finally:
-        sock.close()
     try:
         ours = os.readlink("/proc/self/ns/net")
     except OSError:
@@ -122,6 +116,31 @@ def udevd_reachable(control: str = CONTROL_SOCKET) -> bool:
 
 
 _UDEVD_NAMES = ("systemd-udevd", "udevd", "(udev-worker)")
+_BUSY = (errno.EAGAIN, errno.ETIMEDOUT)
+
+
+def _control_peer(control: str, attempts: int = 4) -> Optional[int]:
+    """PID that listens on udevd's control socket (0 if unknown), None when nobody does.
+
+    A udevd busy with a burst of events may leave its (small) accept backlog full for a
+    moment: the connect then fails with EAGAIN, which means busy, not absent, so retry.
+    """
+    for attempt in range(attempts):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            sock.settimeout(0.5)
+            sock.connect(control)
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            return struct.unpack("3i", creds)[0]
+        except (BlockingIOError, TimeoutError):
+            pass
+        except OSError as exc:
+            if exc.errno not in _BUSY:
+                return None
+        finally:
+            sock.close()
+        time.sleep(0.05 * (attempt + 1))
+    return None
 
 
 def _comm(pid: int) -> str:
@@ -198,8 +217,8 @@ class UdevSource:
             try:
                 monitor.set_receive_buffer_size(self.receive_buffer)
             except OSError as exc:
-                log.warning("cannot enlarge the netlink receive buffer (%s); using %d bytes",
-                            exc.strerror, self._rcvbuf(monitor))
+                log.warning("cannot enlarge the netlink receive buffer", extra=kv(
+                    error=exc.strerror, asked=self.receive_buffer, got=self._rcvbuf(monitor)))
         monitor.start()
         self._monitor = monitor
 
@@ -275,8 +294,8 @@ class UdevSource:
                         raise
                     self.overflows += 1
                     dropped = self._discard_queued()
-                    log.warning("netlink receive buffer overflowed: re-enumerating "
-                                "(overflows=%d discarded=%d)", self.overflows, dropped)
+                    log.warning("netlink receive buffer overflowed: re-enumerating",
+                                extra=kv(overflows=self.overflows, discarded=dropped))
                     yield Resync(self.enumerate(), "overflow")
                     continue
                 if dev is None:
@@ -286,7 +305,7 @@ class UdevSource:
                 try:
                     record = self._record(dev)
                 except (OSError, pyudev.DeviceNotFoundError) as exc:
-                    log.debug("dropping event for a device we cannot read: %s", exc)
+                    log.debug("dropping event for a device we cannot read", extra=kv(error=str(exc)))
                     continue
                 seqnum = dev.sequence_number or None
                 yield DeviceEvent(action, record, seqnum, received)
