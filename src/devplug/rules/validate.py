@@ -8,6 +8,7 @@ The Kubernetes rules are those of ``k8s.io/apimachinery`` validation (``IsQualif
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Optional
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -53,21 +54,19 @@ def check_domain(domain: str) -> Optional[str]:
     return None
 
 
+def _check_qualified(value: str, label: str, context: str,
+                     check_prefix: Callable[[str], Optional[str]]) -> Optional[str]:
+    """``[prefix/]name`` as Kubernetes qualifies names: one '/', a checked prefix, a name part."""
+    if value.count("/") > 1:
+        return f"{label} {value!r} has more than one '/'"
+    prefix, slash, name = value.rpartition("/")
+    err = (check_prefix(prefix) if slash else None) or check_name_part(name)
+    return f"{context}: {err}" if err else None
+
+
 def check_resource(value: str) -> Optional[str]:
     """A ``RESOURCE`` value: a short name (``serial``) or a full extended resource name."""
-    if value.count("/") > 1:
-        return f"resource {value!r} has more than one '/'"
-    if "/" in value:
-        domain, name = value.split("/")
-        err = check_domain(domain)
-        if err:
-            return f"invalid resource {value!r}: {err}"
-    else:
-        name = value
-    err = check_name_part(name)
-    if err:
-        return f"invalid resource {value!r}: {err}"
-    return None
+    return _check_qualified(value, "resource", f"invalid resource {value!r}", check_domain)
 
 
 def full_resource(value: str, domain: str) -> str:
@@ -98,17 +97,7 @@ def check_env_name(value: str) -> Optional[str]:
 
 def check_annotation_key(value: str) -> Optional[str]:
     """A Kubernetes qualified name: ``[prefix/]name``."""
-    if value.count("/") > 1:
-        return f"annotation key {value!r} has more than one '/'"
-    if "/" in value:
-        prefix, name = value.split("/")
-        err = check_dns_subdomain(prefix)
-        if err:
-            return f"annotation key {value!r}: {err}"
-    else:
-        name = value
-    err = check_name_part(name)
-    return f"annotation key {value!r}: {err}" if err else None
+    return _check_qualified(value, "annotation key", f"annotation key {value!r}", check_dns_subdomain)
 
 
 def split_mount(value: str) -> tuple[str, str, bool] | str:
