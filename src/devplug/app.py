@@ -67,13 +67,16 @@ class Daemon:
             cdi=self.cdi.qualified_names if self.cdi else None,
             telemetry=self.telemetry,
         )
-        self.source = UdevSource(source=config.udev_source, subsystems=ruleset.subsystems,
-                                 receive_buffer=config.netlink_buffer)
+        self.source = self._new_source(ruleset)
         self._served: set[str] = set(ruleset.resources(config.domain))
         self._nursery: Optional[trio.Nursery] = None
         self._consume_scope: Optional[trio.CancelScope] = None
         self._consume_done = trio.Event()
         self._hostpath_scope: Optional[trio.CancelScope] = None
+
+    def _new_source(self, ruleset: RuleSet) -> UdevSource:
+        return UdevSource(source=self.config.udev_source, subsystems=ruleset.subsystems,
+                          receive_buffer=self.config.netlink_buffer)
 
     def publish(self, change: Change) -> None:
         """Hand a change to kubelet: new resources get servers, streams wake up."""
@@ -165,9 +168,7 @@ class Daemon:
                     self.pipeline.log_change(change, item.action, item.device.syspath)
                 d = item.device
                 self.telemetry.on_event(item.action, d.subsystem, d.devpath, item.seqnum, item.received_ns, change)
-            elif isinstance(item, Resync):
-                log.warning("netlink overflow: re-enumerated", extra=kv(
-                    reason=item.reason, overflows=self.source.overflows))
+            elif isinstance(item, Resync):  # the source has logged why
                 change = self.pipeline.resync(item.devices)
                 self.publish(change)
                 if item.reason == "overflow":
@@ -235,8 +236,7 @@ class Daemon:
             self._consume_scope.cancel()
             await self._consume_done.wait()  # never close a monitor a task still reads
         self.source.close()
-        self.source = UdevSource(source=self.config.udev_source, subsystems=ruleset.subsystems,
-                                 receive_buffer=self.config.netlink_buffer)
+        self.source = self._new_source(ruleset)
         self.source.open()
         assert self._nursery is not None
         await self._nursery.start(self._consume)
