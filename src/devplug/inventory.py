@@ -142,10 +142,11 @@ class Inventory:
         return frozenset(resource for resource, _base in self._holder)
 
     # ---- updates -------------------------------------------------------------------
-    def apply(self, sighting: Sighting) -> Change:
-        """Fold one sighting into the state; return what changed (empty when nothing did)."""
+    def apply(self, *sightings: Sighting) -> Change:
+        """Fold sightings into the state, in order; return what changed (empty when nothing did)."""
         touched: dict[str, set[str]] = {}
-        self._apply(sighting, touched)
+        for sighting in sightings:
+            self._apply(sighting, touched)
         return self._finish(touched)
 
     def resync(self, sightings: Iterable[Sighting], *, hostpath: bool = False) -> Change:

@@ -67,12 +67,8 @@ class Pipeline:
         leaving and the new one arriving."""
         if action == "move" and device.properties.get("DEVPATH_OLD"):
             old = Sighting(key=device.sys_root + device.properties["DEVPATH_OLD"], present=False)
-            first = self.inventory.apply(old)
-            second = self.inventory.apply(self.sight(device, "add"))
-            change = Change(resources=first.resources | second.resources, ids=first.ids + second.ids)
-        else:
-            change = self.inventory.apply(self.sight(device, action))
-        return change
+            return self.inventory.apply(old, self.sight(device, "add"))
+        return self.inventory.apply(self.sight(device, action))
 
     def resync(self, devices: Iterable[Device]) -> Change:
         """A full enumeration (coldplug, after an overflow, after a rules reload)."""
