@@ -31,9 +31,9 @@ R = "devplug.io/bench"
 
 CHILD = r"""
 import sys, trio, trio_asyncio
-from devplug.inventory import Inventory, Sighting
+from devplug.core.inventory import Inventory, Sighting
 from devplug.kubelet import KubeletAdapter
-from devplug.rules.model import Claim, Mount
+from devplug.core.rules.model import Claim, Mount
 R, n = sys.argv[2], int(sys.argv[3])
 claim = Claim(resource=R, options=frozenset({"symlinks", "usb_node"}), envs=(("BENCH", "1"),),
               mounts=(Mount("/etc/bench", "/etc/bench", True),))

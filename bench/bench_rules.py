@@ -17,8 +17,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
-from devplug.device import Device, static_attrs  # noqa: E402
-from devplug.rules import RuleSet, parse_rules  # noqa: E402
+from devplug.core.device import Device, static_attrs  # noqa: E402
+from devplug.core.rules import RuleSet, parse_rules  # noqa: E402
 
 SUBSYSTEMS = ["tty", "video4linux", "block", "net", "input", "misc", "usb", "sound", "hidraw"]
 

@@ -22,8 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = r"""
 import json, sys, trio, trio_asyncio
-from devplug.inventory import Inventory, Sighting
-from devplug.rules.model import Claim
+from devplug.core.inventory import Inventory, Sighting
+from devplug.core.rules.model import Claim
 import devplug.kubelet.adapter as adapter_mod
 opts = json.loads(sys.argv[2])
 if opts is not None:

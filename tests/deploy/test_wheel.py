@@ -105,7 +105,7 @@ def test_installed_devplug_runs_from_the_wheel(installed: Path, tmp_path: Path):
                  "--node-name", "--log-format", "--cdi-spec-dir"):
         assert flag in run_help, f"the DaemonSet passes {flag}"  # manifests/base/daemonset.yaml
     # Everything the daemon imports is in the wheel (generated gRPC code included).
-    run([python, "-c", "import devplug.app, devplug.cdi, devplug.kubelet.api_pb2_grpc"], cwd=tmp_path, env=env)
+    run([python, "-c", "import devplug.daemon, devplug.ops.cdi, devplug.kubelet.api_pb2_grpc"], cwd=tmp_path, env=env)
     # The embedded default rules ship in the wheel and pass the linter; so do the rules the
     # ConfigMap carries.
     default_rules = run(

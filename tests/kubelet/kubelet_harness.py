@@ -8,9 +8,9 @@ from typing import Any, Optional
 import trio
 import trio_asyncio
 
-from devplug.inventory import Change, Inventory, Sighting
+from devplug.core.inventory import Change, Inventory, Sighting
 from devplug.kubelet import KubeletAdapter
-from devplug.rules.model import Claim
+from devplug.core.rules.model import Claim
 
 R = "devplug.io/serial"
 

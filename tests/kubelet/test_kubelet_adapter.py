@@ -13,9 +13,9 @@ import trio
 from tests.kubelet.kubelet_harness import R, Harness, gone, run_adapter, seen
 from tests.kubelet_standin import KubeletStandin, blocking
 
-from devplug.inventory import Inventory
+from devplug.core.inventory import Inventory
 from devplug.kubelet import socket_name
-from devplug.rules.model import Claim, Mount
+from devplug.core.rules.model import Claim, Mount
 
 SOCK = socket_name(R)
 

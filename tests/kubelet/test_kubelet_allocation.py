@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from devplug.inventory import Entry
+from devplug.core.inventory import Entry
 from devplug.kubelet import api_pb2
 from devplug.kubelet.allocation import (
     DeviceRequestError,
@@ -15,7 +15,7 @@ from devplug.kubelet.allocation import (
     preferred,
     resolve,
 )
-from devplug.rules.model import Claim, Mount
+from devplug.core.rules.model import Claim, Mount
 
 R = "devplug.io/ftdi-serial"
 

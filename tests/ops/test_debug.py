@@ -7,14 +7,14 @@ import itertools
 import json
 
 
-from devplug import debug
-from devplug.debug import DebugApp, check_health
-from devplug.inventory import Change, Inventory, Sighting
+from devplug.ops import debug
+from devplug.ops.debug import DebugApp, check_health
+from devplug.core.inventory import Change, Inventory, Sighting
 from devplug.kubelet.adapter import ResourceStatus
-from devplug.pipeline import Pipeline
-from devplug.rules import RuleSet
-from devplug.rules.model import Claim, Mount, RuleRef
-from devplug.telemetry import Telemetry
+from devplug.core.claims import Pipeline
+from devplug.core.rules import RuleSet
+from devplug.core.rules.model import Claim, Mount, RuleRef
+from devplug.ops.telemetry import Telemetry
 
 from .conftest import curl, with_server
 from .promparse import parse
@@ -54,7 +54,11 @@ def make_app(inv, *, plugins=None, monitor=True, register=True, rules_error=None
     plugins = {R: status(R), C: status(C)} if plugins is None else plugins
     return DebugApp(inv, telemetry, pipeline=lambda: pipeline, plugins=lambda: plugins,
                     monitor_running=lambda: monitor, register=register, node="edge-7",
-                    source=lambda: "kernel", clock=lambda: T0 + 60)
+                    source=lambda: "kernel", clock=lambda: T0 + 60, find_device=_no_device)
+
+
+def _no_device(spec):
+    raise LookupError(f"{spec}: no such device in sysfs")
 
 
 def test_rfc3339():

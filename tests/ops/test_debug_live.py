@@ -8,13 +8,14 @@ import os
 import pytest
 import trio
 
-from devplug import debug
-from devplug.debug import DebugApp
-from devplug.inventory import Inventory
-from devplug.pipeline import Pipeline
-from devplug.rules import load_rules
-from devplug.telemetry import Telemetry
-from devplug.udev import DeviceEvent, Resync, UdevSource
+from devplug.ops import debug
+from devplug.ops.debug import DebugApp
+from devplug.core.inventory import Inventory
+from devplug.core.claims import Pipeline
+from devplug.sources.rulefiles import read_rules as load_rules
+from devplug.ops.telemetry import Telemetry
+from devplug.sources.fs import path_mode
+from devplug.sources.udev import DeviceEvent, Resync, UdevSource, find_device
 
 from .conftest import curl
 
@@ -45,10 +46,11 @@ def test_events_inventory_and_explain_from_real_uevents(tmp_path, rules_file):
     sock = str(tmp_path / "debug.sock")
     ruleset = load_rules([rules_file])
     inv = Inventory()
-    pipeline = Pipeline(ruleset, inv)
+    pipeline = Pipeline(ruleset, inv, path_mode=path_mode)
     telemetry = Telemetry(inv)
     source = UdevSource(source="kernel", subsystems=ruleset.subsystems)
-    app = DebugApp(inv, telemetry, pipeline=lambda: pipeline, node="n1", source=lambda: source.source_kind)
+    app = DebugApp(inv, telemetry, pipeline=lambda: pipeline, node="n1", source=lambda: source.source_kind,
+                   find_device=find_device)
     results = {}
 
     async def main() -> None:

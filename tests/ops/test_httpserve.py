@@ -11,8 +11,8 @@ import h11
 import pytest
 import trio
 
-from devplug import httpserve
-from devplug.httpserve import Response
+from devplug.ops import httpserve
+from devplug.ops.httpserve import Response
 
 from .conftest import curl, with_server
 

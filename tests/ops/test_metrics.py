@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 
-from devplug.inventory import Change, Inventory, Sighting
-from devplug.metrics import Registry, format_value
-from devplug.rules.model import Claim
-from devplug.telemetry import LATENCY_BUCKETS, Telemetry
+from devplug.core.inventory import Change, Inventory, Sighting
+from devplug.ops.metrics import Registry, format_value
+from devplug.core.rules.model import Claim
+from devplug.ops.telemetry import LATENCY_BUCKETS, Telemetry
 
 from .promparse import FormatError, parse
 

@@ -2,7 +2,6 @@
 
 from .adapter import (
     API_VERSION,
-    DEFAULT_PLUGIN_DIR,
     KUBELET_SOCKET,
     KubeletAdapter,
     ResourceStatus,
@@ -12,7 +11,6 @@ from .allocation import env_name
 
 __all__ = [
     "API_VERSION",
-    "DEFAULT_PLUGIN_DIR",
     "KUBELET_SOCKET",
     "KubeletAdapter",
     "ResourceStatus",

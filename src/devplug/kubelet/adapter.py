@@ -20,9 +20,10 @@ import grpc
 import trio
 import trio_asyncio
 
-from ..inotify import Inotify, InotifyEvent, Mask
-from ..inventory import Change, Entry, Inventory
-from ..logs import kv
+from ..lib.inotify import Event as InotifyEvent
+from ..lib.inotify import Inotify, Mask
+from ..core.inventory import Change, Entry, Inventory
+from ..lib.logs import kv
 from . import api_pb2
 from .grpc_options import CHANNEL_OPTIONS, SERVER_OPTIONS
 from .servicer import (
@@ -38,7 +39,7 @@ log = logging.getLogger("devplug.kubelet")
 
 API_VERSION = "v1beta1"
 KUBELET_SOCKET = "kubelet.sock"
-DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
+
 
 #: Registration retry: first wait, cap, and how long one Register call may take.
 BACKOFF_INITIAL = 0.1

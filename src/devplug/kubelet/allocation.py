@@ -1,26 +1,25 @@
 """What kubelet gets back from Allocate, GetPreferredAllocation and PreStartContainer.
 
 Pure functions of inventory entries (the only I/O is the optional ``exists`` probe that
-PreStartContainer takes as a parameter), so the gRPC servicer stays a thin shell and the
-rules behind a container's devices, mounts and environment are testable without gRPC.
+PreStartContainer takes as a parameter), so the gRPC servicer stays a thin shell. What a
+container gets is decided in ``devplug.core.edits``; this module only renders it as
+protobuf.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Optional
 
-import attrs
 import grpc
 
-from ..inventory import Entry
+from ..core.edits import env_name, merge
+from ..core.inventory import Entry
 from . import api_pb2
 
-#: Rule OPTIONS words that add more device nodes to a container.
-OPT_SYMLINKS = "symlinks"
-OPT_USB_NODE = "usb_node"
+__all__ = ["DeviceRequestError", "allocate", "check_present", "container_response", "env_name",
+           "preferred", "resolve"]
 
 CdiNames = Callable[[Entry], list[str]]
 Lookup = Callable[[str], Optional[Entry]]
@@ -33,13 +32,6 @@ class DeviceRequestError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def env_name(resource: str) -> str:
-    """``devplug.io/ftdi-serial`` → ``DEVPLUG_FTDI_SERIAL``: the default variable naming
-    the container paths of the allocated devices."""
-    short = resource.rsplit("/", 1)[-1]
-    return "DEVPLUG_" + re.sub(r"[^A-Za-z0-9]", "_", short).upper()
 
 
 def resolve(resource: str, ids: Iterable[str], lookup: Lookup, *, healthy: bool = True) -> list[Entry]:
@@ -63,78 +55,22 @@ def resolve(resource: str, ids: Iterable[str], lookup: Lookup, *, healthy: bool 
     return entries
 
 
-@attrs.define
-class _Merged:
-    """Ordered key → distinct values; joined with commas so per-device values all survive."""
-
-    values: dict[str, list[str]] = attrs.field(factory=dict)
-
-    def add(self, key: str, value: str) -> None:
-        seen = self.values.setdefault(key, [])
-        if value not in seen:
-            seen.append(value)
-
-    def result(self) -> dict[str, str]:
-        return {k: ",".join(v) for k, v in self.values.items()}
-
-
 def container_response(
     resource: str, entries: Sequence[Entry], cdi: Optional[CdiNames] = None
 ) -> api_pb2.ContainerAllocateResponse:
-    """Devices, mounts, envs, annotations and CDI names for one container.
-
-    A device node appears once per container path, so the ``SHARE`` copies of one device
-    (or a symlink that is also another entry's devnode) never produce duplicates. Symlinks
-    and the USB node are bound from the host path of the node itself (the current devnode
-    for a symlink), because container runtimes such as containerd refuse a symlink as a
-    device host path.
-    """
-    devices: dict[str, api_pb2.DeviceSpec] = {}
-    mounts: dict[str, api_pb2.Mount] = {}
-    envs = _Merged()
-    annotations = _Merged()
+    """Devices, mounts, envs, annotations (``devplug.core.edits``) and CDI names for one container."""
+    edits = merge(resource, entries)
     cdi_names: dict[str, None] = {}
-    listed: dict[str, None] = {}
-
-    def add_device(host: str, container: str, permissions: str) -> None:
-        if container not in devices:
-            devices[container] = api_pb2.DeviceSpec(
-                container_path=container, host_path=host, permissions=permissions
-            )
-
-    for entry in entries:
-        claim = entry.claim
-        if entry.devnode:
-            primary = claim.container_path or entry.devnode
-            add_device(entry.devnode, primary, claim.permissions)
-            listed[primary] = None
-            if OPT_SYMLINKS in claim.options:
-                for link in entry.symlinks:
-                    add_device(entry.devnode, link, claim.permissions)
-            if OPT_USB_NODE in claim.options and entry.usb_node:
-                add_device(entry.usb_node, entry.usb_node, claim.permissions)
-        for m in claim.mounts:
-            if m.container_path not in mounts:
-                mounts[m.container_path] = api_pb2.Mount(
-                    container_path=m.container_path, host_path=m.host_path, read_only=m.read_only
-                )
-            if not entry.devnode:
-                listed[m.container_path] = None
-        for key, value in claim.envs:
-            envs.add(key, value)
-        for key, value in claim.annotations:
-            annotations.add(key, value)
-        if cdi is not None:
-            for name in cdi(entry):
-                cdi_names[name] = None
-
-    env = envs.result()
-    env.setdefault(env_name(resource), ",".join(listed))
+    if cdi is not None:
+        for entry in entries:
+            cdi_names.update(dict.fromkeys(cdi(entry)))
     return api_pb2.ContainerAllocateResponse(
-        envs=env,
-        mounts=list(mounts.values()),
-        devices=list(devices.values()),
-        annotations=annotations.result(),
+        envs=dict(edits.envs),
+        mounts=[api_pb2.Mount(container_path=m.container_path, host_path=m.host_path, read_only=m.read_only)
+                for m in edits.mounts],
+        devices=[api_pb2.DeviceSpec(container_path=d.container_path, host_path=d.host_path,
+                                    permissions=d.permissions) for d in edits.devices],
+        annotations=dict(edits.annotations),
         cdi_devices=[api_pb2.CDIDevice(name=n) for n in cdi_names],
     )
 

@@ -14,8 +14,8 @@ from typing import Optional, Protocol
 
 import grpc
 
-from ..inventory import Inventory
-from ..logs import kv
+from ..core.inventory import Inventory
+from ..lib.logs import kv
 from . import allocation, api_pb2, api_pb2_grpc
 
 log = logging.getLogger("devplug.kubelet")

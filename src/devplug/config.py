@@ -1,0 +1,52 @@
+"""Every default of devplug in one place, and the daemon's configuration record.
+
+The command line (``devplug.cli``) reads its flag defaults from here and the daemon
+(``devplug.daemon``) takes a :class:`Config`; adapters take explicit arguments, so a
+default is written once.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Optional
+
+import attrs
+
+from .core.rules.model import DEFAULT_DOMAIN
+
+DOMAIN = DEFAULT_DOMAIN
+PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
+DEBUG_SOCKET = "/run/devplug/debug.sock"
+UDEV_SOURCE = "auto"
+UDEV_SOURCES = ("auto", "udev", "kernel")
+#: Netlink receive buffer asked for (the kernel doubles it; above net.core.rmem_max it
+#: needs CAP_NET_ADMIN). A thousand devices plugged at once fit with room to spare.
+NETLINK_BUFFER = 128 * 1024 * 1024
+LOG_LEVEL = "info"
+LOG_FORMAT = "text"
+
+
+def default_rules_path() -> str:
+    """The rules directory shipped inside the package (``devplug/default_rules``)."""
+    return str(resources.files("devplug") / "default_rules")
+
+
+@attrs.frozen
+class Config:
+    """What ``devplug run`` was asked to do (flags and environment already applied)."""
+
+    rules: tuple[str, ...] = ()
+    domain: str = DOMAIN
+    plugin_dir: str = PLUGIN_DIR
+    debug_socket: Optional[str] = DEBUG_SOCKET
+    udev_source: str = UDEV_SOURCE
+    netlink_buffer: int = NETLINK_BUFFER
+    node_name: str = ""
+    metrics_address: Optional[str] = None
+    pre_start_check: bool = False
+    cdi_spec_dir: Optional[str] = None
+    register: bool = True
+
+    @property
+    def rules_paths(self) -> tuple[str, ...]:
+        return self.rules or (default_rules_path(),)

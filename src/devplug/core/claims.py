@@ -1,0 +1,97 @@
+"""From device records and host paths to inventory changes: rules → identity → inventory.
+
+The one place where a uevent's action decides presence, so the udev source, coldplug,
+resyncs and host-path watching all fold into the inventory the same way. Pure: the file
+system is reached only through the ``path_mode`` seam the caller passes (``TEST{}`` keys
+and host paths), and nothing is logged here; the daemon logs what changed.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterable
+from typing import Optional
+
+from . import identity
+from .device import Device, PathMode
+from .inventory import HOSTPATH_PREFIX, Change, Inventory, Sighting
+from .rules import RuleSet
+from .rules.model import DEFAULT_DOMAIN
+
+#: Actions after which the device (or its driver) is gone: its IDs turn Unhealthy.
+ABSENT_ACTIONS = frozenset({"remove", "unbind"})
+
+
+def _no_paths(path: str) -> Optional[int]:
+    return None
+
+
+class Pipeline:
+    """Evaluates rules for what the sources report and folds it into the inventory.
+
+    ``path_mode`` answers ``TEST{}`` keys and tells whether a host path exists (and is a
+    device node); the daemon passes the real file system.
+    """
+
+    def __init__(self, ruleset: RuleSet, inventory: Inventory, *, domain: str = DEFAULT_DOMAIN,
+                 path_mode: PathMode = _no_paths) -> None:
+        self.ruleset = ruleset
+        self.inventory = inventory
+        self.domain = domain
+        self.path_mode = path_mode
+
+    # ---- udev devices ---------------------------------------------------------------
+    def sight(self, device: Device, action: str = "add") -> Sighting:
+        key = device.syspath
+        if action in ABSENT_ACTIONS:
+            return Sighting(key=key, present=False)
+        claim = self.ruleset.evaluate(device, action=action, domain=self.domain, path_mode=self.path_mode)
+        if claim.resource is None:
+            return Sighting(key=key, present=True)
+        return Sighting(
+            key=key,
+            present=True,
+            resource=claim.resource,
+            base_id=identity.device_id(device, claim),
+            claim=claim,
+            devnode=device.devnode,
+            subsystem=device.subsystem,
+            symlinks=device.symlinks,
+            usb_node=identity.usb_node(device),
+            topology=identity.topology(device),
+        )
+
+    def handle(self, device: Device, action: str) -> Change:
+        """One uevent (not logged here: see :meth:`log_change`). ``move`` is the old path
+        leaving and the new one arriving."""
+        if action == "move" and device.properties.get("DEVPATH_OLD"):
+            old = Sighting(key=device.sys_root + device.properties["DEVPATH_OLD"], present=False)
+            return self.inventory.apply(old, self.sight(device, "add"))
+        return self.inventory.apply(self.sight(device, action))
+
+    def resync(self, devices: Iterable[Device]) -> Change:
+        """A full enumeration (coldplug, after an overflow, after a rules reload)."""
+        return self.inventory.resync((self.sight(d, "add") for d in devices), hostpath=False)
+
+    # ---- host paths -----------------------------------------------------------------
+    def sight_path(self, path: str) -> Sighting:
+        key = HOSTPATH_PREFIX + path
+        mode = self.path_mode(path)
+        if mode is None:
+            return Sighting(key=key, present=False)
+        claim = self.ruleset.evaluate_path(path, domain=self.domain, path_mode=self.path_mode)
+        if claim.resource is None:
+            return Sighting(key=key, present=True)
+        is_node = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        return Sighting(
+            key=key,
+            present=True,
+            resource=claim.resource,
+            base_id=identity.sanitize_id(claim.device_id or path.strip("/")),
+            claim=claim,
+            devnode=path if is_node else None,
+            hostpath=True,
+        )
+
+    def resync_paths(self, paths: Iterable[str]) -> Change:
+        return self.inventory.resync((self.sight_path(p) for p in paths), hostpath=True)

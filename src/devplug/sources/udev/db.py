@@ -1,0 +1,123 @@
+"""Read udev's database (``/run/udev/data``) for devices seen through the kernel source.
+
+Kernel uevents carry only what the kernel knows. When ``/run/udev`` is readable (a host with
+a udevd, or a pod mounting it) the database adds what udevd's rules computed: ``S:``
+symlinks, ``E:`` properties, ``G:``/``Q:`` tags. The file is named after the device:
+``c``/``b`` + ``major:minor`` for device nodes, ``n`` + ifindex for network interfaces,
+``+subsystem:sysname`` for everything else.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import attrs
+
+from ...core.device import Device
+
+DEFAULT_DB_DIR = "/run/udev/data"
+
+
+@attrs.frozen
+class DbEntry:
+    """One parsed udev database file."""
+
+    properties: dict[str, str] = attrs.field(factory=dict)
+    symlinks: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    current_tags: tuple[str, ...] = ()
+    usec_initialized: Optional[str] = None
+    #: ``V:`` line: databases of udev ≥ 247 have it and keep current tags in ``Q:`` lines.
+    version: Optional[str] = None
+
+
+def db_id(device: Device) -> Optional[str]:
+    """The database file name udev uses for ``device``, or ``None`` when it has no subsystem."""
+    props = device.properties
+    major, minor = props.get("MAJOR"), props.get("MINOR")
+    if major is not None and minor is not None:
+        return f"{'b' if device.subsystem == 'block' else 'c'}{major}:{minor}"
+    ifindex = props.get("IFINDEX")
+    if device.subsystem == "net" and ifindex and ifindex != "0":
+        return f"n{ifindex}"
+    if device.subsystem is None:
+        return None
+    if device.subsystem == "drivers":  # /sys/bus/X/drivers/Y: udev names it by the bus
+        return f"+drivers:{device.devpath.split('/')[2]}:{device.sysname}"
+    return f"+{device.subsystem}:{device.sysname}"
+
+
+def parse_db(text: str) -> DbEntry:
+    """Parse the ``X:value`` lines of a database file; unknown line kinds are ignored."""
+    props: dict[str, str] = {}
+    links: list[str] = []
+    tags: list[str] = []
+    current: list[str] = []
+    usec: Optional[str] = None
+    version: Optional[str] = None
+    for line in text.splitlines():
+        if len(line) < 2 or line[1] != ":":
+            continue
+        kind, value = line[0], line[2:]
+        if kind == "S":
+            links.append("/dev/" + value)
+        elif kind == "E":
+            key, sep, val = value.partition("=")
+            if sep:
+                props[key] = val
+        elif kind == "G":
+            tags.append(value)
+        elif kind == "Q":
+            current.append(value)
+        elif kind == "I":
+            usec = value
+        elif kind == "V":
+            version = value
+    return DbEntry(props, tuple(links), tuple(tags), tuple(current), usec, version)
+
+
+def read_db(device: Device, db_dir: str = DEFAULT_DB_DIR) -> Optional[DbEntry]:
+    """The database entry for ``device``, or ``None`` (no file, not readable)."""
+    name = db_id(device)
+    if name is None:
+        return None
+    try:
+        fd = os.open(f"{db_dir}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        raw = os.read(fd, 1 << 20)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return parse_db(raw.decode("utf-8", "surrogateescape"))
+
+
+def _tag_string(tags: tuple[str, ...]) -> str:
+    return ":" + ":".join(tags) + ":"
+
+
+def enrich(device: Device, entry: Optional[DbEntry]) -> Device:
+    """``device`` (from a kernel uevent) with the database's view merged in as libudev does.
+
+    The uevent's own properties win over the database's; ``DEVLINKS``, ``TAGS``,
+    ``CURRENT_TAGS`` and ``USEC_INITIALIZED`` are synthesized as libudev synthesizes them.
+    """
+    if entry is None:
+        return device
+    props = dict(entry.properties)
+    props.update(device.properties)
+    symlinks = tuple(sorted(set(device.symlinks) | set(entry.symlinks)))
+    if symlinks:
+        props["DEVLINKS"] = " ".join(symlinks)
+    all_tags = tuple(sorted(set(entry.tags) | set(entry.current_tags)))
+    if all_tags:
+        props["TAGS"] = _tag_string(all_tags)
+    if entry.current_tags:
+        props["CURRENT_TAGS"] = _tag_string(tuple(sorted(entry.current_tags)))
+    if entry.usec_initialized is not None:
+        props.setdefault("USEC_INITIALIZED", entry.usec_initialized)
+    current = entry.current_tags if entry.version is not None else entry.tags
+    return attrs.evolve(device, symlinks=symlinks, properties=props, tags=frozenset(current))

@@ -1,0 +1,180 @@
+"""Inventory: pure state transitions of plug, unplug, replug, rule changes and resyncs."""
+
+from __future__ import annotations
+
+import itertools
+
+from devplug.core.inventory import Inventory, Sighting
+from devplug.core.rules.model import Claim
+
+R = "devplug.io/serial"
+CLAIM = Claim(resource=R)
+
+
+def _clock():
+    counter = itertools.count(1)
+    return lambda: float(next(counter))
+
+
+def seen(key, base="ftdi-A1", devnode="/dev/ttyUSB0", claim=CLAIM, resource=R):
+    return Sighting(key=key, present=True, resource=resource, base_id=base, claim=claim, devnode=devnode)
+
+
+def gone(key):
+    return Sighting(key=key, present=False)
+
+
+def test_plug_unplug_replug_keeps_id_and_follows_devnode():
+    inv = Inventory(clock=_clock())
+    ch = inv.apply(seen("/sys/a/ttyUSB0"))
+    assert ch.resources == {R} and ch.ids == ((R, "ftdi-A1"),)
+    assert [(e.id, e.health, e.devnode) for e in inv.entries(R)] == [("ftdi-A1", "Healthy", "/dev/ttyUSB0")]
+    v = inv.version(R)
+
+    ch = inv.apply(gone("/sys/a/ttyUSB0"))
+    assert ch.ids == ((R, "ftdi-A1"),)
+    assert inv.entries(R)[0].health == "Unhealthy"
+    assert inv.version(R) == v + 1
+
+    # Replugged elsewhere: new syspath and devnode, same physical identity.
+    ch = inv.apply(seen("/sys/b/ttyUSB1", devnode="/dev/ttyUSB1"))
+    (e,) = inv.entries(R)
+    assert (e.id, e.health, e.devnode, e.syspath) == ("ftdi-A1", "Healthy", "/dev/ttyUSB1", "/sys/b/ttyUSB1")
+
+
+def test_repeated_identical_event_changes_nothing():
+    inv = Inventory(clock=_clock())
+    inv.apply(seen("/sys/a"))
+    v = inv.version(R)
+    assert not inv.apply(seen("/sys/a"))
+    assert inv.version(R) == v
+    assert not inv.apply(gone("/sys/unknown"))
+
+
+def test_since_changes_only_with_health():
+    inv = Inventory(clock=_clock())
+    inv.apply(seen("/sys/a"))
+    t0 = inv.entries(R)[0].since
+    inv.apply(seen("/sys/a", devnode="/dev/other"))
+    assert inv.entries(R)[0].since == t0
+    inv.apply(gone("/sys/a"))
+    assert inv.entries(R)[0].since > t0
+
+
+def test_change_that_no_longer_matches_leaves_resource():
+    inv = Inventory(clock=_clock())
+    inv.apply(seen("/sys/a"))
+    ch = inv.apply(Sighting(key="/sys/a", present=True))
+    assert ch.resources == {R}
+    assert inv.entries(R) == ()
+    assert R in inv.resources()  # kubelet must still hear the empty list
+
+
+def test_move_between_resources():
+    inv = Inventory(clock=_clock())
+    other = "devplug.io/other"
+    inv.apply(seen("/sys/a"))
+    ch = inv.apply(seen("/sys/a", resource=other, claim=Claim(resource=other)))
+    assert ch.resources == {R, other}
+    assert inv.entries(R) == ()
+    assert [e.id for e in inv.entries(other)] == ["ftdi-A1"]
+
+
+def test_share_offers_n_ids_with_shared_health():
+    inv = Inventory(clock=_clock())
+    claim = Claim(resource=R, share=3)
+    inv.apply(seen("/sys/fuse", base="fuse", claim=claim))
+    assert [e.id for e in inv.entries(R)] == ["fuse-s0", "fuse-s1", "fuse-s2"]
+    inv.apply(gone("/sys/fuse"))
+    assert {e.health for e in inv.entries(R)} == {"Unhealthy"}
+    # Fewer shares after a rule change: surplus IDs disappear.
+    inv.apply(seen("/sys/fuse", base="fuse", claim=Claim(resource=R, share=2)))
+    assert [(e.id, e.health) for e in inv.entries(R)] == [("fuse-s0", "Healthy"), ("fuse-s1", "Healthy")]
+
+
+def test_same_id_from_two_present_devices_is_disambiguated():
+    inv = Inventory(clock=_clock())
+    inv.apply(seen("/sys/x/ttyUSB0", base="same"))
+    inv.apply(seen("/sys/y/ttyUSB1", base="same", devnode="/dev/ttyUSB1"))
+    ids = [e.id for e in inv.entries(R)]
+    assert ids == ["same", "same-ttyUSB1"]
+    # The second device sending again keeps its suffixed ID.
+    assert not inv.apply(seen("/sys/y/ttyUSB1", base="same", devnode="/dev/ttyUSB1"))
+    inv.apply(gone("/sys/y/ttyUSB1"))
+    assert [(e.id, e.health) for e in inv.entries(R)] == [("same", "Healthy"), ("same-ttyUSB1", "Unhealthy")]
+
+
+def test_resync_marks_vanished_devices_and_adds_new_ones():
+    inv = Inventory(clock=_clock())
+    inv.apply(seen("/sys/a", base="a"))
+    inv.apply(seen("/sys/b", base="b"))
+    inv.apply(seen("hostpath:/srv/data", base="data"))
+    ch = inv.resync([seen("/sys/b", base="b"), seen("/sys/c", base="c")])
+    assert ch.ids == ((R, "a"), (R, "c"))
+    health = {e.id: e.health for e in inv.entries(R)}
+    assert health == {"a": "Unhealthy", "b": "Healthy", "c": "Healthy", "data": "Healthy"}
+
+
+def test_forget_drops_resource_and_bindings():
+    inv = Inventory(clock=_clock())
+    inv.apply(seen("/sys/a"))
+    ch = inv.forget([R])
+    assert ch.resources == {R}
+    assert R not in inv.resources()
+    assert inv.binding("/sys/a") is None
+
+
+def test_snapshot_is_cached_until_change():
+    inv = Inventory(clock=_clock())
+    inv.apply(seen("/sys/a", base="a"))
+    first = inv.entries(R)
+    assert inv.entries(R) is first
+    inv.apply(seen("/sys/b", base="b"))
+    assert inv.entries(R) is not first
+
+
+def test_incremental_state_matches_a_simple_model():
+    """Random plug/unplug/claim/release/share sequences: the indexed, cached inventory
+    agrees with a from-scratch model after every step. An unplugged device's IDs stay
+    (Unhealthy) in the resource that had it, even if it comes back under another one."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    keys = [f"/sys/d{i}" for i in range(5)]
+    step = st.tuples(st.sampled_from(keys), st.sampled_from(["add", "remove", "release"]),
+                     st.sampled_from(["x", "y"]), st.integers(1, 3))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(step, max_size=40))
+    def run(steps):
+        inv = Inventory(clock=_clock())
+        model: dict[tuple[str, str], tuple[int, bool]] = {}  # (resource, base) -> (share, healthy)
+        bound: dict[str, tuple[str, str]] = {}  # key -> (resource, base)
+        for key, op, res, share in steps:
+            base = "b" + key[-1]
+            resource = f"devplug.io/{res}"
+            if op == "add":
+                inv.apply(seen(key, base=base, resource=resource, claim=Claim(resource=resource, share=share)))
+                old = bound.get(key)
+                if old is not None and old != (resource, base):
+                    del model[old]  # a present device moving: it leaves the old resource
+                model[(resource, base)] = (share, True)
+                bound[key] = (resource, base)
+            elif op == "remove":
+                inv.apply(gone(key))
+                if key in bound:
+                    rb = bound.pop(key)
+                    model[rb] = (model[rb][0], False)
+            else:
+                inv.apply(Sighting(key=key, present=True))
+                if key in bound:
+                    del model[bound.pop(key)]
+            want: dict[str, list[tuple[str, str]]] = {}
+            for (r, b), (n, healthy) in model.items():
+                ids = [b] if n == 1 else [f"{b}-s{k}" for k in range(n)]
+                want.setdefault(r, []).extend((i, "Healthy" if healthy else "Unhealthy") for i in ids)
+            for r in inv.resources() | set(want):
+                got = [(e.id, e.health) for e in inv.entries(r)]
+                assert got == sorted(want.get(r, [])), (r, steps)
+
+    run()

@@ -1,0 +1,101 @@
+"""Event-driven watchers with real inotify: host paths and the rules directory."""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+from devplug.sources import hostpath
+from devplug.sources import rulefiles as rulewatch
+
+
+def test_expand_and_watch_dirs(tmp_path):
+    (tmp_path / "a1").mkdir()
+    (tmp_path / "a2").mkdir()
+    (tmp_path / "b").write_text("")
+    pats = [str(tmp_path / "a*"), str(tmp_path / "b"), str(tmp_path / "missing" / "deep" / "x")]
+    assert hostpath.expand(pats) == [str(tmp_path / "a1"), str(tmp_path / "a2"), str(tmp_path / "b")]
+    # The missing parent is covered by its nearest existing ancestor.
+    assert hostpath.watch_dirs(pats) == {str(tmp_path)}
+    nested = [str(tmp_path / "a*" / "dev")]
+    assert hostpath.watch_dirs(nested) == {str(tmp_path), str(tmp_path / "a1"), str(tmp_path / "a2")}
+
+
+def test_hostpath_watch_reports_appear_and_vanish(tmp_path):
+    seen: list[list[str]] = []
+    target = tmp_path / "sub" / "data"
+
+    async def main():
+        changed = trio.Event()
+
+        def on_paths(paths):
+            seen.append(paths)
+            changed.set()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hostpath.watch, (str(target),), on_paths)
+            assert seen == [[]]
+            for step in ("mkdir-parent", "mkdir", "rmdir"):
+                changed = trio.Event()
+                if step == "mkdir-parent":
+                    (tmp_path / "sub").mkdir()
+                elif step == "mkdir":
+                    target.mkdir()
+                else:
+                    target.rmdir()
+                with trio.fail_after(5):
+                    await changed.wait()
+                if step == "mkdir-parent":
+                    # The new parent is watched now; nothing matched yet.
+                    assert seen[-1] == []
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert [str(target)] in seen
+    assert seen[-1] == []
+
+
+def _configmap_swap(mount, version: str, files: dict[str, str]) -> None:
+    """What kubelet's atomic writer does: new timestamped dir, then rename ..data over."""
+    d = mount / f"..{version}"
+    d.mkdir()
+    for name, text in files.items():
+        (d / name).write_text(text)
+    tmp = mount / "..data_tmp"
+    os.symlink(d.name, tmp)
+    os.rename(tmp, mount / "..data")
+    for name in files:
+        link = mount / name
+        if not link.is_symlink():
+            os.symlink(f"..data/{name}", link)
+
+
+def test_rulewatch_configmap_swap_and_edit(tmp_path):
+    mount = tmp_path / "rules"
+    mount.mkdir()
+    _configmap_swap(mount, "v1", {"10-a.rules": 'KERNEL=="x", RESOURCE="a"\n'})
+    calls: list[str] = []
+
+    async def main():
+        fired = trio.Event()
+
+        async def on_change():
+            calls.append(rulewatch.digest([str(mount)]))
+            fired.set()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rulewatch.watch, (str(mount),), on_change)
+            _configmap_swap(mount, "v2", {"10-a.rules": 'KERNEL=="y", RESOURCE="a"\n'})
+            with trio.fail_after(5):
+                await fired.wait()
+            # Touching without changing content must not reload.
+            fired = trio.Event()
+            os.utime(mount / "10-a.rules")
+            await trio.sleep(0.3)
+            assert not fired.is_set()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert len(calls) == 1
+    assert rulewatch.rule_files([str(mount)]) == [str(mount / "10-a.rules")]

@@ -1,0 +1,83 @@
+"""Parsing udev's database and merging it into kernel-source records (pure, no udevd)."""
+
+from __future__ import annotations
+
+from devplug.core.device import Device
+from devplug.sources.udev.db import db_id, enrich, parse_db, read_db
+
+DB = """\
+S:serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1ABC-if00-port0
+S:serial/by-path/pci-0000:00:14.0-usb-0:1:1.0-port0
+L:0
+I:123456789
+E:ID_VENDOR_ID=0403
+E:ID_SERIAL=FTDI_FT232R_USB_UART_A10K1ABC
+E:EMPTY=
+E:WITH=EQUALS=SIGN
+G:systemd
+G:uaccess
+Q:uaccess
+V:1
+garbage line
+"""
+
+
+def tty(**props: str) -> Device:
+    base = {"DEVPATH": "/devices/x/ttyUSB0", "SUBSYSTEM": "tty", "DEVNAME": "/dev/ttyUSB0",
+            "MAJOR": "188", "MINOR": "0", "ACTION": "add", "SEQNUM": "7"}
+    base.update(props)
+    return Device(devpath=base["DEVPATH"], sysname="ttyUSB0", subsystem="tty",
+                  devnode="/dev/ttyUSB0", properties=base)
+
+
+def test_parse_db_lines():
+    entry = parse_db(DB)
+    assert entry.symlinks == (
+        "/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1ABC-if00-port0",
+        "/dev/serial/by-path/pci-0000:00:14.0-usb-0:1:1.0-port0",
+    )
+    assert entry.properties == {"ID_VENDOR_ID": "0403",
+                                "ID_SERIAL": "FTDI_FT232R_USB_UART_A10K1ABC",
+                                "EMPTY": "", "WITH": "EQUALS=SIGN"}
+    assert entry.tags == ("systemd", "uaccess") and entry.current_tags == ("uaccess",)
+    assert entry.usec_initialized == "123456789" and entry.version == "1"
+
+
+def test_db_file_names():
+    assert db_id(tty()) == "c188:0"
+    disk = Device(devpath="/devices/virtual/block/zram0", sysname="zram0", subsystem="block",
+                  properties={"MAJOR": "252", "MINOR": "0"})
+    assert db_id(disk) == "b252:0"
+    net = Device(devpath="/devices/virtual/net/lo", sysname="lo", subsystem="net",
+                 properties={"IFINDEX": "1"})
+    assert db_id(net) == "n1"
+    usb = Device(devpath="/devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0", sysname="1-1:1.0",
+                 subsystem="usb")
+    assert db_id(usb) == "+usb:1-1:1.0"
+    assert db_id(Device(devpath="/devices/x", sysname="x")) is None
+
+
+def test_enrich_merges_as_libudev_does():
+    dev = enrich(tty(ID_VENDOR_ID="kernel-wins"), parse_db(DB))
+    assert dev.properties["ID_VENDOR_ID"] == "kernel-wins"  # the event's own keys win
+    assert dev.properties["ID_SERIAL"] == "FTDI_FT232R_USB_UART_A10K1ABC"
+    assert dev.properties["SEQNUM"] == "7"
+    assert dev.symlinks == tuple(sorted(dev.symlinks)) and len(dev.symlinks) == 2
+    assert dev.properties["DEVLINKS"] == " ".join(dev.symlinks)
+    assert dev.tags == frozenset({"uaccess"})  # current tags (Q:), not every tag ever set
+    assert dev.properties["TAGS"] == ":systemd:uaccess:"
+    assert dev.properties["CURRENT_TAGS"] == ":uaccess:"
+    assert dev.properties["USEC_INITIALIZED"] == "123456789"
+
+
+def test_old_database_without_current_tags_uses_tags():
+    dev = enrich(tty(), parse_db("G:seat\nE:A=b\n"))
+    assert dev.tags == frozenset({"seat"})
+
+
+def test_no_entry_leaves_the_record_alone(tmp_path):
+    dev = tty()
+    assert read_db(dev, str(tmp_path)) is None
+    assert enrich(dev, None) is dev
+    (tmp_path / "c188:0").write_text(DB)
+    assert read_db(dev, str(tmp_path)) == parse_db(DB)

@@ -1,0 +1,213 @@
+"""UdevSource on real kernel uevents (tty2N, zram), through both netlink sources."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+import trio
+
+from devplug.sources.udev import DeviceEvent, Resync, UdevSource, resolve_source, udevd_reachable
+from realdev import tty_uevent, zram_device, zram_remove  # tests/udev, put on sys.path by conftest
+
+pytestmark = [pytest.mark.netlink, pytest.mark.udevd]
+
+Item = DeviceEvent | Resync
+
+
+def collect(src: UdevSource, want: Callable[[Item], bool], count: int, *,
+            timeout: float = 10, coldplug: bool = False,
+            then: Callable[[list[Item]], None] | None = None) -> list[Item]:
+    """Iterate ``src.events()`` in trio until ``count`` wanted items arrived.
+
+    ``then`` runs (in the trio thread) after each wanted item, to trigger the next step.
+    """
+    got: list[Item] = []
+
+    async def main() -> None:
+        with trio.fail_after(timeout):
+            async for item in src.events(coldplug=coldplug):
+                if want(item):
+                    got.append(item)
+                    if len(got) == count:
+                        return
+                    if then is not None:
+                        then(got)
+
+    trio.run(main)
+    return got
+
+
+def is_event(sysname: str) -> Callable[[Item], bool]:
+    return lambda item: isinstance(item, DeviceEvent) and item.device.sysname == sysname
+
+
+@pytest.fixture(params=["udev", "kernel"])
+def source(request, udevd, netlink):
+    src = UdevSource(source=request.param, subsystems=frozenset({"tty"}))
+    src.open()
+    yield src
+    src.close()
+
+
+def test_auto_resolves_to_udev_when_udevd_answers(udevd, tmp_path):
+    assert udevd_reachable()
+    assert resolve_source("auto") == "udev"
+    assert resolve_source("kernel") == "kernel"
+    assert not udevd_reachable(str(tmp_path / "missing"))
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stale.bind(str(tmp_path / "stale"))  # a socket file nobody listens on
+    stale.close()
+    assert not udevd_reachable(str(tmp_path / "stale"))
+    with pytest.raises(ValueError):
+        resolve_source("netlink")
+
+
+def test_change_remove_add_arrive_in_order(source):
+    start = time.perf_counter_ns()
+    try:
+        for action in ("change", "remove", "add"):
+            tty_uevent(21, action)
+        events = collect(source, is_event("tty21"), 3)
+    finally:
+        tty_uevent(21, "add")
+    assert [e.action for e in events] == ["change", "remove", "add"]
+    seqnums = [e.seqnum for e in events]
+    assert all(isinstance(s, int) for s in seqnums) and seqnums == sorted(seqnums)
+    assert all(start < e.received_ns <= time.perf_counter_ns() for e in events)
+    for e in events:
+        assert e.device.devpath == "/devices/virtual/tty/tty21"
+        assert e.device.subsystem == "tty" and e.device.devnode == "/dev/tty21"
+        assert e.device.properties["ACTION"] == e.action
+        assert e.device.read_attr("dev") == "4:21"
+
+
+def test_udev_source_events_carry_udevs_properties(udevd, netlink):
+    src = UdevSource(source="udev", subsystems=frozenset({"tty"}))
+    src.open()
+    tty_uevent(26, "change")
+    (event,) = collect(src, is_event("tty26"), 1)
+    # set by udevd while processing, never by the kernel
+    assert "USEC_INITIALIZED" in event.device.properties
+
+
+def test_coldplug_enumerates_present_devices(source):
+    devices = source.enumerate()
+    by_name = {d.sysname: d for d in devices}
+    assert "tty20" in by_name and by_name["tty20"].devnode == "/dev/tty20"
+    assert {d.subsystem for d in devices} == {"tty"}
+    (first,) = collect(source, lambda item: True, 1, coldplug=True)
+    assert isinstance(first, Resync) and first.reason == "coldplug"
+    assert {d.devpath for d in first.devices} == {d.devpath for d in devices}
+
+
+@pytest.mark.parametrize("kind", ["udev", "kernel"])
+def test_block_device_hot_add_and_remove(kind, udevd, netlink):
+    src = UdevSource(source=kind, subsystems=frozenset({"block"}))
+    src.open()
+    with zram_device() as name:
+        tty_uevent(22, "change")  # filtered out: not a block device
+
+        def unplug(got: list[Item]) -> None:
+            # attributes are read lazily (then cached): read one while sysfs still has it
+            assert got[0].device.read_attr("disksize") == "0"
+            zram_remove(name)
+
+        add, remove = collect(src, lambda i: isinstance(i, DeviceEvent)
+                              and i.device.sysname.startswith("zram")
+                              and i.action in ("add", "remove"), 2, then=unplug)
+    assert (add.action, remove.action) == ("add", "remove")
+    for e in (add, remove):
+        assert e.device.sysname == name and e.device.subsystem == "block"
+        assert e.device.devtype == "disk" and e.device.devnode == f"/dev/{name}"
+    assert add.device.read_attr("disksize") == "0"  # cached before the removal
+    # sysfs is gone: the record comes from the event's own properties
+    assert not os.path.exists(f"/sys/block/{name}")
+    assert remove.device.read_attr("disksize") is None
+    assert remove.device.properties["DEVNAME"] == f"/dev/{name}"
+
+
+def _shrink_receive_buffer(src: UdevSource) -> None:
+    with socket.socket(fileno=os.dup(src.fileno())) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the kernel's minimum
+    assert src.receive_buffer_bytes < 8192
+
+
+@pytest.mark.parametrize("kind", ["udev", "kernel"])
+def test_overflow_is_counted_and_resynced(kind, udevd, netlink):
+    src = UdevSource(source=kind, subsystems=frozenset({"tty"}), receive_buffer=0)
+    src.open()
+    _shrink_receive_buffer(src)
+    with open("/sys/class/tty/tty27/uevent", "w") as f:
+        for _ in range(200):
+            f.write("change")
+            f.flush()
+    if kind == "udev":
+        subprocess.run(["udevadm", "settle", "-t", "10"], check=True)
+
+    def after_resync(got: list[Item]) -> None:
+        tty_uevent(28, "change")  # the source still works afterwards
+
+    resync, event = collect(src, lambda i: isinstance(i, Resync) or is_event("tty28")(i), 2,
+                            then=after_resync)
+    assert isinstance(resync, Resync) and resync.reason == "overflow"
+    assert src.overflows >= 1
+    assert "tty27" in {d.sysname for d in resync.devices}
+    assert isinstance(event, DeviceEvent) and event.action == "change"
+
+
+def test_large_receive_buffer_is_granted(udevd, netlink):
+    src = UdevSource(source="kernel", receive_buffer=64 * 1024 * 1024)
+    src.open()
+    assert src.receive_buffer_bytes >= 64 * 1024 * 1024  # root: SO_RCVBUFFORCE
+
+
+RULE = """\
+KERNEL=="tty25", SYMLINK+="devplug-test-tty25", ENV{DEVPLUG_UDEV_TEST}="yes", TAG+="devplug_test"
+"""
+
+
+def test_kernel_source_is_enriched_from_the_udev_database(udevd, netlink):
+    rules = "/run/udev/rules.d/99-devplug-udev-source-test.rules"
+    os.makedirs(os.path.dirname(rules), exist_ok=True)
+    with open(rules, "w") as f:
+        f.write(RULE)
+    try:
+        subprocess.run(["udevadm", "control", "--reload"], check=True)
+        subprocess.run(["udevadm", "trigger", "--settle", "--action=change",
+                        "/sys/class/tty/tty25"], check=True)
+        src = UdevSource(source="kernel", subsystems=frozenset({"tty"}))
+        src.open()
+        tty_uevent(25, "change")
+        (event,) = collect(src, is_event("tty25"), 1)
+    finally:
+        os.unlink(rules)
+        subprocess.run(["udevadm", "control", "--reload"], check=True)
+        subprocess.run(["udevadm", "trigger", "--settle", "--action=change",
+                        "/sys/class/tty/tty25"], check=True)
+    dev = event.device
+    assert dev.symlinks == ("/dev/devplug-test-tty25",)
+    assert dev.properties["DEVLINKS"] == "/dev/devplug-test-tty25"
+    assert dev.properties["DEVPLUG_UDEV_TEST"] == "yes"
+    assert "devplug_test" in dev.tags
+    assert dev.properties["SEQNUM"] == str(event.seqnum)  # the kernel's own keys stay
+    assert not os.path.exists("/dev/devplug-test-tty25")  # cleaned up
+
+
+def test_events_wait_on_the_fd_without_busy_looping(udevd, netlink):
+    """Idle: the iterator sleeps in wait_readable, using (almost) no CPU."""
+    src = UdevSource(source="kernel", subsystems=frozenset({"tty"}))
+    src.open()
+
+    async def main() -> float:
+        cpu = time.process_time()
+        with trio.move_on_after(0.5):
+            async for _ in src.events():
+                pass
+        return time.process_time() - cpu
+
+    assert trio.run(main) < 0.05
