@@ -25,10 +25,12 @@ import json, sys, trio, trio_asyncio
 from devplug.core.inventory import Inventory, Sighting
 from devplug.core.rules.model import Claim
 import devplug.kubelet.adapter as adapter_mod
+import devplug.kubelet.registration as registration_mod
+import devplug.kubelet.servicer as servicer_mod
 opts = json.loads(sys.argv[2])
 if opts is not None:
-    adapter_mod.SERVER_OPTIONS = [tuple(o) for o in opts]
-    adapter_mod.CHANNEL_OPTIONS = [tuple(o) for o in opts]
+    servicer_mod.SERVER_OPTIONS = [tuple(o) for o in opts]
+    registration_mod.CHANNEL_OPTIONS = [tuple(o) for o in opts]
 R = "devplug.io/serial"
 inv = Inventory()
 for k in range(2):

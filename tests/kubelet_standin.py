@@ -16,6 +16,8 @@ API
 ``.wait_registration(resource, *, count=1, timeout=5) -> Registration``
     Blocks until ``resource`` has registered ``count`` times in total; returns the newest.
 ``.reject(n, code=UNAVAILABLE)``: refuse the next ``n`` Register calls (for retry tests).
+``.hang(n)``: the next ``n`` Register calls never answer (a hung kubelet) until ``stop()``;
+    ``.hung`` counts the calls hanging right now.
 ``.watch(resource) -> Watch``: dial the plugin and consume ListAndWatch in a thread.
 ``Watch.lists``: list of :class:`DeviceList` (``t_ns`` receive time, ``devices`` as a
     tuple of ``(id, health)``); ``Watch.wait_for(pred, timeout)`` blocks until
@@ -44,7 +46,7 @@ import attrs
 import grpc
 
 from devplug.kubelet import api_pb2, api_pb2_grpc
-from devplug.kubelet.adapter import KUBELET_SOCKET, socket_name
+from devplug.kubelet import KUBELET_SOCKET, socket_name
 
 __all__ = ["DeviceList", "KubeletStandin", "Registration", "Watch", "blocking"]
 
@@ -171,6 +173,9 @@ class KubeletStandin:
         self._all_watches: list[Watch] = []
         self._cond = threading.Condition()
         self._rejects: list[grpc.StatusCode] = []
+        self._hangs = 0
+        self.hung = 0
+        self._release = threading.Event()
         self._server: Optional[grpc.Server] = None
         self._channels: dict[str, grpc.Channel] = {}
         if start:
@@ -179,6 +184,7 @@ class KubeletStandin:
     # ---- kubelet's Registration service ---------------------------------------------------
     def start(self) -> None:
         os.makedirs(self.plugin_dir, exist_ok=True)
+        self._release.clear()
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         api_pb2_grpc.add_RegistrationServicer_to_server(_RegistrationServicer(self), server)
         server.add_insecure_port("unix://" + self.socket)
@@ -187,6 +193,7 @@ class KubeletStandin:
 
     def stop(self) -> None:
         """Stop like a dying kubelet: no more Registration, every stream and channel dropped."""
+        self._release.set()
         for w in self._all_watches:
             w.close()
         self._all_watches.clear()
@@ -221,8 +228,23 @@ class KubeletStandin:
         with self._cond:
             self._rejects.extend([code] * n)
 
+    def hang(self, n: int) -> None:
+        with self._cond:
+            self._hangs += n
+
     def _on_register(self, request, context):
         t = time.perf_counter_ns()
+        with self._cond:
+            hang = self._hangs > 0
+            if hang:
+                self._hangs -= 1
+                self.hung += 1
+                self._cond.notify_all()
+        if hang:
+            self._release.wait()
+            with self._cond:
+                self.hung -= 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, "stand-in hung, then stopped")
         with self._cond:
             if self._rejects:
                 code = self._rejects.pop(0)
@@ -248,6 +270,16 @@ class KubeletStandin:
             self._all_watches.append(w)
             self.watches[reg.resource_name] = w
             self._cond.notify_all()
+
+    def wait_hung(self, n: int = 1, timeout: float = 5.0) -> None:
+        """Block until ``n`` Register calls hang here."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.hung < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{self.hung} Register calls hanging, wanted {n}")
+                self._cond.wait(left)
 
     def registrations_of(self, resource: str) -> list[Registration]:
         with self._cond:

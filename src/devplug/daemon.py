@@ -1,21 +1,26 @@
-"""``devplug run``: wires udev source, rules, inventory and kubelet plugins in one nursery.
+"""``devplug run``: wires sources → core → front doors in one trio nursery.
 
 Order matters at start: the netlink monitor opens *before* coldplug enumerates, so a
-device plugged in between is seen by the event stream (and folding it twice is a no-op).
-SIGTERM/SIGINT cancel the nursery; every adapter removes what it created on the way out.
+device plugged in between is seen by the event stream (and folding it twice is a no-op);
+coldplug finishes before kubelet is served, so kubelet's first list is complete. Slow work
+(probing udevd, enumerating, parsing rules, expanding host-path globs, fsyncing CDI specs)
+runs in worker threads; its results are applied on the trio thread. SIGTERM/SIGINT cancel
+the nursery; every adapter removes what it created on the way out.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-from typing import Optional
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Optional, Protocol
 
 import trio
 import trio_asyncio
 
 from .config import Config
 from .core.claims import Pipeline
+from .core.device import Device, PathMode
 from .core.inventory import Change, Inventory
 from .core.rules import RulesError, RuleSet
 from .kubelet import KubeletAdapter
@@ -25,22 +30,38 @@ from .ops.cdi import CdiWriter
 from .ops.telemetry import Telemetry
 from .sources import hostpath, rulefiles
 from .sources.fs import path_mode
-from .sources.udev import DeviceEvent, Resync, UdevSource, find_device
+from .sources.udev import DeviceEvent, Resync, SourceItem, UdevSource, find_device, resolve_source
 
 log = logging.getLogger("devplug")
+
+
+class Source(Protocol):
+    """What the daemon needs of an event source (``UdevSource``; tests feed records)."""
+
+    source_kind: str
+
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+    def enumerate(self) -> Sequence[Device]: ...
+    def events(self) -> AsyncIterator[SourceItem]: ...
+
+
+#: ``(subsystems, resolved kind) -> Source``; the subsystems are the rules' netlink filter.
+SourceFactory = Callable[[Optional[frozenset[str]], str], Source]
 
 
 class Daemon:
     """The running daemon's state, shared by its tasks (all on one trio thread)."""
 
-    def __init__(self, config: Config, ruleset: RuleSet) -> None:
+    def __init__(self, config: Config, ruleset: RuleSet, *, source_factory: Optional[SourceFactory] = None,
+                 paths: PathMode = path_mode, find: Callable[[str], Device] = find_device) -> None:
         self.config = config
         self.ruleset = ruleset
         self.rules_error: Optional[str] = None
         self.inventory = Inventory()
         self.telemetry = Telemetry(self.inventory)
         self.monitor_running = False
-        self.pipeline = Pipeline(ruleset, self.inventory, domain=config.domain, path_mode=path_mode)
+        self.pipeline = Pipeline(ruleset, self.inventory, domain=config.domain, path_mode=paths)
         self.cdi = CdiWriter(config.cdi_spec_dir, vendor_domain=config.domain) if config.cdi_spec_dir else None
         self.kubelet = KubeletAdapter(
             plugin_dir=config.plugin_dir,
@@ -50,47 +71,82 @@ class Daemon:
             cdi=self.cdi.qualified_names if self.cdi else None,
             telemetry=self.telemetry,
         )
-        self.source = self._new_source(ruleset)
+        self._source_factory = source_factory or self._udev_source
+        self._find = find
+        self.source_kind = config.udev_source if source_factory is None else "test"
+        self.source: Optional[Source] = None
         self._served: set[str] = set(ruleset.resources(config.domain))
         self._nursery: Optional[trio.Nursery] = None
         self._consume_scope: Optional[trio.CancelScope] = None
         self._consume_done = trio.Event()
         self._hostpath_scope: Optional[trio.CancelScope] = None
+        self._cdi_pending: set[str] = set()
+        self._cdi_wake = trio.Event()
+        self._cdi_lock = trio.Lock()
 
-    def _new_source(self, ruleset: RuleSet) -> UdevSource:
-        return UdevSource(source=self.config.udev_source, subsystems=ruleset.subsystems,
-                          receive_buffer=self.config.netlink_buffer)
+    def _udev_source(self, subsystems: Optional[frozenset[str]], kind: str) -> Source:
+        return UdevSource(source=kind, subsystems=subsystems, receive_buffer=self.config.netlink_buffer)
 
+    # ---- publishing changes --------------------------------------------------------------
     def publish(self, change: Change) -> None:
-        """Hand a change to kubelet: new resources get servers, streams wake up."""
+        """Hand a change to the front doors: new resources get servers, streams wake up.
+
+        With CDI, the streams wake only after the specs are written (a worker thread does
+        the fsync), so any ID kubelet can allocate is already in the spec."""
         if not change:
             return
-        if self.cdi is not None:
-            self._write_cdi(change.resources)
         # A resource the change dropped (forgotten on reload) must not come back here.
         new = (change.resources & self.inventory.resources()) - self._served
         if new:
             self._served |= new
             self.kubelet.set_resources(self._served)
-        self.kubelet.notify(change)
+        if self.cdi is None:
+            self.kubelet.notify(change)
+        else:
+            self._cdi_pending |= change.resources
+            self._cdi_wake.set()
 
-    def _write_cdi(self, resources: frozenset[str]) -> None:
-        """Specs first, streams after: any ID kubelet can allocate is already in the spec."""
+    async def _flush_cdi(self) -> None:
+        """Write the specs of the resources changed since the last flush, then notify."""
         assert self.cdi is not None
-        for resource in sorted(resources):
-            try:
-                if resource in self.inventory.resources():
-                    self.cdi.update(resource, self.inventory.entries(resource))
-                else:
-                    self.cdi.remove(resource)
-            except OSError as exc:
-                log.error("cannot write CDI spec", extra=kv(resource=resource, path=exc.filename,
-                                                            error=exc.strerror))
+        cdi = self.cdi
+        async with self._cdi_lock:
+            pending, self._cdi_pending = self._cdi_pending, set()
+            if not pending:
+                return
+            present = self.inventory.resources()
+            # Entry tuples are immutable snapshots: safe to hand to the worker thread.
+            specs = {r: (self.inventory.entries(r) if r in present else None) for r in sorted(pending)}
 
+            def write() -> None:
+                for resource, entries in specs.items():
+                    try:
+                        if entries is None:
+                            cdi.remove(resource)
+                        else:
+                            cdi.update(resource, entries)
+                    except OSError as exc:
+                        log.error("cannot write CDI spec", extra=kv(resource=resource, path=exc.filename,
+                                                                    error=exc.strerror))
+
+            await trio.to_thread.run_sync(write)
+            self.kubelet.notify(Change(resources=frozenset(pending)))
+
+    async def _cdi_writer(self) -> None:
+        while True:
+            await self._cdi_wake.wait()
+            self._cdi_wake = trio.Event()
+            await self._flush_cdi()
+
+    # ---- lifetime ---------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        if self._source_factory == self._udev_source:
+            # "auto" asks udevd over its control socket, retrying while it is busy.
+            self.source_kind = await trio.to_thread.run_sync(resolve_source, self.config.udev_source)
+        self.source = self._source_factory(self.ruleset.subsystems, self.source_kind)
         self.source.open()
         log.info("starting", extra=kv(
-            node=self.config.node_name, source=self.source.source_kind,
+            node=self.config.node_name, source=self.source_kind,
             rules=",".join(self.ruleset.files), resources=",".join(sorted(self._served)),
             subsystems=",".join(sorted(self.ruleset.subsystems)) if self.ruleset.subsystems else "*"))
         try:
@@ -101,10 +157,10 @@ class Daemon:
                     await nursery.start(debug.serve, self.debug_app(), self.config.debug_socket,
                                         self.config.metrics_address)
                 # Coldplug before serving: kubelet's first list is already complete.
-                change = self.pipeline.resync(self.source.enumerate())
-                self.publish(change)
-                _log_resync("coldplug", change)
-                self.telemetry.on_resync("coldplug", change)
+                await self._resync("coldplug")
+                if self.cdi is not None:
+                    await self._flush_cdi()
+                    nursery.start_soon(self._cdi_writer)
                 self.kubelet.set_resources(self._served)
                 await nursery.start(self.kubelet.run)
                 await self._start_hostpaths()
@@ -112,7 +168,8 @@ class Daemon:
                 await nursery.start(rulefiles.watch, self.config.rules_paths, self.reload)
                 task_status.started(self)
         finally:
-            self.source.close()
+            if self.source is not None:
+                self.source.close()
             if self.cdi is not None:
                 self.cdi.remove_all()
 
@@ -124,12 +181,33 @@ class Daemon:
             monitor_running=lambda: self.monitor_running,
             register=self.config.register,
             node=self.config.node_name,
-            source=lambda: self.source.source_kind,
+            source=lambda: self.source_kind,
             rules_error=lambda: self.rules_error,
-            find_device=find_device,
+            find_device=self._find,
         )
 
-    # ---- tasks ------------------------------------------------------------------------
+    # ---- events -----------------------------------------------------------------------
+    async def _resync(self, reason: str, devices: Optional[Sequence[Device]] = None) -> Change:
+        """Fold a full enumeration in: enumerating and evaluating the rules (which reads
+        sysfs attributes) run in a worker thread, the inventory update on this one."""
+        assert self.source is not None
+        source, pipeline = self.source, self.pipeline
+
+        def sight() -> list:
+            found = source.enumerate() if devices is None else devices
+            return [pipeline.sight(d, "add") for d in found]
+
+        t0 = trio.current_time()
+        sightings = await trio.to_thread.run_sync(sight)
+        change = self.inventory.resync(sightings, hostpath=False)
+        self.publish(change)
+        if change:
+            log.info("resync", extra=kv(reason=reason, changed=len(change.ids),
+                                        resources=",".join(sorted(change.resources)),
+                                        ms=round((trio.current_time() - t0) * 1e3, 1)))
+        self.telemetry.on_resync(reason, change)
+        return change
+
     async def _consume(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         done = self._consume_done = trio.Event()
         try:
@@ -143,6 +221,7 @@ class Daemon:
             done.set()
 
     async def _consume_events(self) -> None:
+        assert self.source is not None
         async for item in self.source.events():
             if isinstance(item, DeviceEvent):
                 change = self.pipeline.handle(item.device, item.action)
@@ -154,13 +233,21 @@ class Daemon:
                 d = item.device
                 self.telemetry.on_event(item.action, d.subsystem, d.devpath, item.seqnum, item.received_ns, change)
             elif isinstance(item, Resync):  # the source has logged why
-                change = self.pipeline.resync(item.devices)
-                self.publish(change)
-                _log_resync(item.reason, change)
                 if item.reason == "overflow":
                     self.telemetry.on_overflow()
-                self.telemetry.on_resync(item.reason, change)
+                await self._resync(item.reason, item.devices)
 
+    def _log_change(self, change: Change, action: str, syspath: str) -> None:
+        """One line per ID whose state changed (logged after kubelet was told)."""
+        for resource, entry_id in change.ids:
+            entry = self.inventory.get(resource, entry_id)
+            if entry is not None:
+                log.info("device %s", entry.health.lower(), extra=kv(
+                    action=action, resource=resource, id=entry_id, devnode=entry.devnode, syspath=syspath))
+            else:
+                log.info("device left resource", extra=kv(action=action, resource=resource, id=entry_id))
+
+    # ---- host paths -------------------------------------------------------------------
     async def _start_hostpaths(self) -> None:
         if self._hostpath_scope is not None:
             self._hostpath_scope.cancel()
@@ -183,50 +270,55 @@ class Daemon:
             log.info("host paths changed", extra=kv(ids=",".join(i for _r, i in change.ids)))
         self.publish(change)
 
-    def _log_change(self, change: Change, action: str, syspath: str) -> None:
-        """One line per ID whose state changed (logged after kubelet was told)."""
-        for resource, entry_id in change.ids:
-            entry = self.inventory.get(resource, entry_id)
-            if entry is not None:
-                log.info("device %s", entry.health.lower(), extra=kv(
-                    action=action, resource=resource, id=entry_id, devnode=entry.devnode, syspath=syspath))
-            else:
-                log.info("device left resource", extra=kv(action=action, resource=resource, id=entry_id))
-
-    # ---- live reload --------------------------------------------------------------------
+    # ---- live reload ------------------------------------------------------------------
     async def reload(self) -> None:
-        """New rules: keep the last good ones on error, else re-evaluate everything."""
+        """New rules: keep the last good ones on any error, else re-evaluate everything.
+
+        An unexpected error here is logged and counted, never allowed to stop the daemon:
+        the devices keep being served under the last good rules."""
         try:
-            ruleset = rulefiles.read_rules(self.config.rules_paths)
+            ruleset = await trio.to_thread.run_sync(rulefiles.read_rules, self.config.rules_paths)
         except RulesError as exc:
-            self.rules_error = str(exc)
             for err in exc.errors:
                 log.error("rules reload failed", extra=kv(error=str(err)))
-            log.error("keeping the last good rules", extra=kv(errors=len(exc.errors)))
-            self.telemetry.on_reload(False, self.rules_error)
+            self._reload_failed(str(exc), f"{len(exc.errors)} errors")
             return
         except OSError as exc:
-            self.rules_error = f"{exc.filename}: {exc.strerror}"
             log.error("rules reload failed", extra=kv(path=exc.filename, error=exc.strerror))
-            self.telemetry.on_reload(False, self.rules_error)
+            self._reload_failed(f"{exc.filename}: {exc.strerror}", "unreadable")
             return
-        old, self.ruleset = self.ruleset, ruleset
+        try:
+            await self._apply_rules(ruleset)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.exception("rules reload failed unexpectedly", extra=kv(error=repr(exc)))
+            self._reload_failed(f"internal error while applying the rules: {exc!r}", "internal error")
+
+    def _reload_failed(self, error: str, summary: str) -> None:
+        self.rules_error = error
+        log.error("keeping the last good rules", extra=kv(reason=summary))
+        self.telemetry.on_reload(False, error)
+
+    async def _apply_rules(self, ruleset: RuleSet) -> None:
+        old = self.ruleset
+        self.pipeline.ruleset = self.ruleset = ruleset
+        try:
+            if ruleset.subsystems != old.subsystems:
+                await self._reopen_source(ruleset)
+            await self._resync("reload")
+        except BaseException:
+            self.pipeline.ruleset = self.ruleset = old
+            raise
         self.rules_error = None
         self.telemetry.on_reload(True)
-        self.pipeline.ruleset = ruleset
-        if ruleset.subsystems != old.subsystems:
-            await self._reopen_source(ruleset)
-        changes = [self.pipeline.resync(self.source.enumerate())]
         if ruleset.hostpath_patterns() != old.hostpath_patterns():
             await self._start_hostpaths()
         else:
-            changes.append(self.pipeline.resync_paths(hostpath.expand(ruleset.hostpath_patterns())))
+            paths = await trio.to_thread.run_sync(hostpath.expand, ruleset.hostpath_patterns())
+            self.publish(self.pipeline.resync_paths(paths))
         keep = set(ruleset.resources(self.config.domain)) | self.inventory.bound_resources()
-        changes.append(self.inventory.forget(self.inventory.resources() - keep))
+        self.publish(self.inventory.forget(self.inventory.resources() - keep))
         self._served = set(keep)
         self.kubelet.set_resources(self._served)
-        for change in changes:
-            self.publish(change)
         log.info("rules reloaded", extra=kv(rules=len(ruleset.rules), resources=",".join(sorted(keep))))
 
     async def _reopen_source(self, ruleset: RuleSet) -> None:
@@ -234,19 +326,20 @@ class Daemon:
         if self._consume_scope is not None:
             self._consume_scope.cancel()
             await self._consume_done.wait()  # never close a monitor a task still reads
-        self.source.close()
-        self.source = self._new_source(ruleset)
+        if self.source is not None:
+            self.source.close()
+        self.source = self._source_factory(ruleset.subsystems, self.source_kind)
         self.source.open()
         assert self._nursery is not None
         await self._nursery.start(self._consume)
 
 
-async def _serve(config: Config, ruleset: RuleSet) -> None:
+async def serve(config: Config, ruleset: RuleSet, **daemon_kw) -> None:
+    """Run a daemon until SIGTERM or SIGINT."""
     async with trio_asyncio.open_loop():
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
-                daemon = Daemon(config, ruleset)
-                await nursery.start(daemon.run)
+                await nursery.start(Daemon(config, ruleset, **daemon_kw).run)
 
                 async def stop_on_signal() -> None:
                     async for signum in signals:
@@ -256,16 +349,6 @@ async def _serve(config: Config, ruleset: RuleSet) -> None:
 
                 nursery.start_soon(stop_on_signal)
     log.info("stopped")
-
-
-def load(config: Config) -> RuleSet:
-    return rulefiles.read_rules(config.rules_paths)
-
-
-def _log_resync(reason: str, change: Change) -> None:
-    if change:
-        log.info("resync", extra=kv(reason=reason, changed=len(change.ids),
-                                    resources=",".join(sorted(change.resources))))
 
 
 def _leaves(group: BaseExceptionGroup) -> list[OSError]:
@@ -279,8 +362,9 @@ def _leaves(group: BaseExceptionGroup) -> list[OSError]:
 
 
 def main(config: Config) -> int:
+    """Load the rules and run; user-fixable problems end in one line and a non-zero exit."""
     try:
-        ruleset = load(config)
+        ruleset = rulefiles.read_rules(config.rules_paths)
     except RulesError as exc:
         for err in exc.errors:
             log.error("rules invalid", extra=kv(error=str(err)))
@@ -292,8 +376,8 @@ def main(config: Config) -> int:
     failed: list[OSError] = []
     try:
         try:
-            trio.run(_serve, config, ruleset)
-        except* OSError as group:  # a socket path taken, a directory not writable: user-fixable
+            trio.run(serve, config, ruleset)
+        except* OSError as group:  # a socket path taken, a directory busy or not writable
             failed.extend(_leaves(group))
     except KeyboardInterrupt:
         pass

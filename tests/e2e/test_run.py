@@ -242,3 +242,23 @@ def test_cdi_specs_follow_the_inventory(tmp_path, kubelet, start_devplug):
     watch.wait_for(lambda dl: dl.as_dict().get("virtual-tty-tty21") == "Healthy")
     assert dp.stop()[0] == 0
     assert list(cdi_dir.glob("*.json")) == []
+
+
+def test_a_second_devplug_on_the_same_plugin_dir_refuses_to_start(tmp_path, plugin_dir, kubelet, start_devplug):
+    rules = write_rules(tmp_path, 'SUBSYSTEM=="tty", KERNEL=="tty2[0-3]", RESOURCE="vtty"\n')
+    first = start_devplug(rules, "--udev-source", "kernel")
+    kubelet.wait_registration(VTTY, timeout=10)
+    second = start_devplug(rules, "--udev-source", "kernel")
+    assert second.proc.wait(10) == 1
+    errors = [line for line in second.log().splitlines() if "level=error" in line]
+    assert len(errors) == 1, second.log()
+    assert "already serves this plugin directory" in errors[0] and f"process {first.proc.pid}" in errors[0]
+    assert "Traceback" not in second.log()
+    # The first one was not disturbed: its socket is still the one kubelet registered.
+    assert len(kubelet.registrations_of(VTTY)) == 1
+    assert first.proc.poll() is None
+    rc, _ = first.stop()
+    assert rc == 0
+    third = start_devplug(rules, "--udev-source", "kernel")  # the lock went with the first
+    kubelet.wait_registration(VTTY, count=2, timeout=10)
+    assert third.stop()[0] == 0

@@ -40,9 +40,9 @@ def test_registers_when_kubelet_starts_late_and_cleans_up(plugin_dir):
     timings = {}
 
     async def scenario(h: Harness):
-        await trio.sleep(0.3)  # a few backoff rounds with kubelet absent
+        await h.until(lambda: "kubelet" in (h.adapter.status()[R].last_error or ""))
         st = h.adapter.status()[R]
-        assert st.serving and not st.registered and "kubelet" in st.last_error
+        assert st.serving and not st.registered and "missing" in st.last_error
         assert sockets(plugin_dir) == [SOCK]
         t0 = time.perf_counter_ns()
         kubelet.start()
@@ -79,15 +79,23 @@ def test_refused_registration_is_retried(plugin_dir):
 
 
 def test_no_registration_when_disabled(plugin_dir):
+    rec = Recorder()
     with KubeletStandin(plugin_dir) as kubelet:
 
         async def scenario(h: Harness):
             w = kubelet.watch(R)  # still serving: kubelet-less tests and debugging
             await blocking(w.wait_count, 1)
-            await trio.sleep(0.2)
+            await blocking(kubelet.restart)  # a kubelet (re)appearing is seen ...
+            await h.until(lambda: ("kubelet_restart",) in rec.calls)
+            # The restart deleted our socket too: served again, and still nothing registers
+            # (no registration task exists at all).
+            await h.until(lambda: h.adapter.status()[R].restarts == 1 and h.adapter.status()[R].serving)
+            w = kubelet.watch(R)
+            await blocking(w.wait_count, 1)
             assert not kubelet.registrations and not h.adapter.status()[R].registered
+            assert not [c for c in rec.calls if c[0] == "registration"]
 
-        run_adapter(scenario, plugin_dir=plugin_dir, register=False)
+        run_adapter(scenario, plugin_dir=plugin_dir, register=False, telemetry=rec)
 
 
 def test_list_at_once_then_every_change_on_every_stream(plugin_dir):
@@ -115,10 +123,13 @@ def test_list_at_once_then_every_change_on_every_stream(plugin_dir):
                     lists = await blocking(w.wait_count, n)
                     assert lists[-1].devices == expected
                     assert lists[-1].t_ns > t0
-            # A change to another resource wakes nobody here.
+            # A change to another resource wakes nobody here: the next list each stream
+            # gets is the one for this resource's next change, nothing in between.
             h.apply(seen("/sys/d", "C3", resource="devplug.io/other"))
-            await trio.sleep(0.1)
-            assert len(w1.lists) == len(w2.lists) == len(steps) + 1
+            h.apply(gone("/sys/b"))
+            for w in (w1, w2):
+                await blocking(w.wait_for, lambda lst: lst.devices == (("A1", "Unhealthy"),))
+            assert len(w1.lists) == len(w2.lists) == len(steps) + 2
 
         run_adapter(scenario, plugin_dir=plugin_dir, inventory=inv)
 
@@ -312,6 +323,9 @@ def test_prestart_is_a_no_op_when_disabled(plugin_dir):
     with KubeletStandin(plugin_dir) as kubelet:
 
         async def scenario(h: Harness):
+            reg = await blocking(kubelet.wait_registration, R)
+            assert not reg.pre_start_required  # kubelet is told not to call it ...
+            # ... and if it does, a missing node and an unknown ID are not refused.
             await blocking(kubelet.prestart, R, ["A1", "whatever"])
 
         run_adapter(scenario, plugin_dir=plugin_dir, inventory=inv)
@@ -343,12 +357,15 @@ def test_kubelet_restart_recreates_socket_and_reregisters(plugin_dir):
                 st = h.adapter.status()[r]
                 # A Register in flight when kubelet dies is cancelled and sent again: >= 4.
                 assert st.restarts == 3 and st.registrations >= 4
-            # No restart storm: our own socket churn does not trigger more restarts.
-            count = len(kubelet.registrations)
-            await trio.sleep(0.3)
-            assert len(kubelet.registrations) == count
-            assert all(s.restarts == 3 for s in h.adapter.status().values())
-            assert sockets(plugin_dir) == sorted(["kubelet.sock", *map(socket_name, resources)])
+            # No restart storm: our own socket churn does not trigger more restarts. A
+            # resource added now registers only after the directory events before it were
+            # handled (one watcher task, FIFO), so its registration is the barrier.
+            count = {r: len(kubelet.registrations_of(r)) for r in resources}
+            h.adapter.set_resources([*resources, "devplug.io/barrier"])
+            await blocking(kubelet.wait_registration, "devplug.io/barrier")
+            assert {r: len(kubelet.registrations_of(r)) for r in resources} == count
+            assert all(s.restarts == 3 for r, s in h.adapter.status().items() if r in resources)
+            assert sockets(plugin_dir) == sorted(["kubelet.sock", *map(socket_name, (*resources, "devplug.io/barrier"))])
 
         run_adapter(scenario, plugin_dir=plugin_dir, inventory=inv, resources=resources)
     print("kubelet restart -> re-registered (ms): " + ", ".join(f"{t:.1f}" for t in times))

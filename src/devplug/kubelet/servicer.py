@@ -17,6 +17,7 @@ import grpc
 from ..core.inventory import Inventory
 from ..lib.logs import kv
 from . import allocation, api_pb2, api_pb2_grpc
+from .grpc_options import SERVER_OPTIONS
 
 log = logging.getLogger("devplug.kubelet")
 
@@ -216,23 +217,17 @@ def _add_servicer(servicer: DevicePluginServicer, server: grpc.aio.Server) -> No
     server.add_registered_method_handlers("v1beta1.DevicePlugin", handlers)
 
 
-async def start_server(
-    servicer: DevicePluginServicer, path: str, options: list[tuple[str, object]]
-) -> grpc.aio.Server:
+class BindError(Exception):
+    """gRPC could not serve on the socket path (it reports that as a bare RuntimeError)."""
+
+
+async def start_server(servicer: DevicePluginServicer, path: str) -> grpc.aio.Server:
     """Serve ``servicer`` on the unix socket ``path`` (asyncio side)."""
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     _add_servicer(servicer, server)
-    server.add_insecure_port("unix://" + path)
+    try:
+        server.add_insecure_port("unix://" + path)
+    except RuntimeError as exc:  # "Failed to bind to address unix:...": the only way grpc says it
+        raise BindError(str(exc)) from None
     await server.start()
     return server
-
-
-async def register(
-    kubelet_socket: str,
-    request: api_pb2.RegisterRequest,
-    options: list[tuple[str, object]],
-    timeout: float,
-) -> None:
-    """One Register call to kubelet (asyncio side); raises grpc.aio.AioRpcError on failure."""
-    async with grpc.aio.insecure_channel("unix://" + kubelet_socket, options=options) as channel:
-        await api_pb2_grpc.RegistrationStub(channel).Register(request, timeout=timeout)

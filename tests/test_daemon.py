@@ -1,0 +1,219 @@
+"""The daemon without root: device records fed through the source interface, real gRPC to
+the kubelet stand-in, real rules files, the real debug socket."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import trio
+import trio_asyncio
+from tests.kubelet_standin import KubeletStandin, blocking
+
+from devplug.config import Config
+from devplug.core.device import Device, static_attrs
+from devplug.daemon import Daemon
+from devplug.sources.rulefiles import read_rules
+from devplug.sources.udev import DeviceEvent, Resync
+
+R = "devplug.io/ftdi-serial"
+RULES = 'SUBSYSTEM=="tty", ATTRS{idVendor}=="0403", RESOURCE="ftdi-serial"\n'
+
+
+def usb_tty(n: int, serial: str) -> Device:
+    usb = Device(devpath=f"/devices/pci0/usb1/1-{n}", sysname=f"1-{n}", subsystem="usb", devtype="usb_device",
+                 read_attr=static_attrs({"idVendor": "0403", "idProduct": "6001", "serial": serial}))
+    return Device(devpath=f"/devices/pci0/usb1/1-{n}/1-{n}:1.0/ttyUSB{n}/tty/ttyUSB{n}", sysname=f"ttyUSB{n}",
+                  subsystem="tty", devnode=f"/dev/ttyUSB{n}", parent=usb)
+
+
+class FakeSource:
+    """The source interface, fed by the test instead of netlink."""
+
+    def __init__(self, devices: Sequence[Device], kind: str) -> None:
+        self.source_kind = kind
+        self.devices = list(devices)
+        self.send, self._recv = trio.open_memory_channel(math.inf)
+        self.fail_enumerate: Optional[Exception] = None
+        self.opened = self.closed = 0
+
+    def open(self) -> None:
+        self.opened += 1
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def enumerate(self) -> tuple[Device, ...]:
+        if self.fail_enumerate is not None:
+            raise self.fail_enumerate
+        return tuple(self.devices)
+
+    async def events(self) -> AsyncIterator:
+        async for item in self._recv:
+            yield item
+
+    def plug(self, dev: Device) -> None:
+        self.devices.append(dev)
+        self.send.send_nowait(DeviceEvent("add", dev, None, time.perf_counter_ns()))
+
+    def unplug(self, dev: Device) -> None:
+        self.devices.remove(dev)
+        self.send.send_nowait(DeviceEvent("remove", dev, None, time.perf_counter_ns()))
+
+
+@pytest.fixture
+def short_dir():
+    d = tempfile.mkdtemp(prefix="dpd-", dir="/tmp")  # unix socket paths stay short
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def setup(short_dir):
+    rules = short_dir / "rules"
+    rules.mkdir()
+    (rules / "10-ftdi.rules").write_text(RULES)
+    plugins = short_dir / "plugins"
+    config = Config(rules=(str(rules),), plugin_dir=str(plugins), debug_socket=str(short_dir / "debug.sock"),
+                    cdi_spec_dir=str(short_dir / "cdi"))
+    return config, rules, plugins
+
+
+async def run_daemon(config: Config, source: FakeSource, scenario) -> Daemon:
+    sources: list[FakeSource] = []
+
+    def factory(subsystems, kind):
+        sources.append(source)
+        return source
+
+    daemon = Daemon(config, read_rules(config.rules_paths), source_factory=factory, paths=lambda p: None,
+                    find=lambda spec: (_ for _ in ()).throw(LookupError(spec)))
+    with trio.fail_after(30):
+        async with trio_asyncio.open_loop():
+            async with trio.open_nursery() as nursery:
+                await nursery.start(daemon.run)
+                await scenario(daemon)
+                nursery.cancel_scope.cancel()
+    return daemon
+
+
+async def until(pred, timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not pred():
+            await trio.sleep(0.005)
+
+
+@pytest.mark.trio
+async def test_coldplug_then_unplug_and_replug_reach_kubelet(setup):
+    config, _rules, plugins = setup
+    a, b = usb_tty(0, "A1"), usb_tty(1, "B2")
+    source = FakeSource([a], "test")
+    with KubeletStandin(str(plugins), auto_watch=True) as kubelet:
+
+        async def scenario(daemon: Daemon):
+            w = await blocking(kubelet.wait_watch, R)
+            first = await blocking(w.wait_count, 1)
+            assert first[0].devices == (("0403-6001-A1", "Healthy"),)
+            source.plug(b)
+            await blocking(w.wait_for, lambda lst: len(lst.devices) == 2)
+            source.unplug(a)
+            lst = await blocking(w.wait_for, lambda lst: "Unhealthy" in lst.as_dict().values())
+            assert [h for _i, h in lst.devices].count("Healthy") == 1
+            source.plug(a)
+            await blocking(w.wait_for, lambda lst: set(lst.as_dict().values()) == {"Healthy"})
+            # Every ID kubelet saw is in the CDI spec already (written before the stream woke).
+            spec = json.loads((Path(config.cdi_spec_dir) / "devplug.io-ftdi-serial.json").read_text())
+            assert sorted(d["name"] for d in spec["devices"]) == sorted(w.latest.ids)
+            resp = await blocking(kubelet.allocate, R, [w.latest.ids[0]])
+            assert resp.container_responses[0].cdi_devices[0].name.startswith("devplug.io/ftdi-serial=")
+
+        await run_daemon(config, source, scenario)
+    assert source.opened == 1 and source.closed == 1
+    assert not any(p.suffix == ".sock" for p in plugins.iterdir())  # our sockets are gone
+    assert not any(Path(config.cdi_spec_dir).glob("*.json"))  # and so are our specs
+
+
+@pytest.mark.trio
+async def test_bad_rules_keep_the_last_good_ones(setup):
+    config, rules, plugins = setup
+    source = FakeSource([usb_tty(0, "A1")], "test")
+
+    async def scenario(daemon: Daemon):
+        (rules / "10-ftdi.rules").write_text('SUBSYSTEM=="tty", RESOURCE="Not Valid"\n')
+        await daemon.reload()
+        assert daemon.rules_error and "10-ftdi.rules:1:" in daemon.rules_error
+        assert daemon.telemetry.rules_error == daemon.rules_error
+        assert [e.id for e in daemon.inventory.entries(R)]  # still served under the old rules
+        (rules / "10-ftdi.rules").write_text(RULES.replace("ftdi-serial", "serial"))
+        await daemon.reload()
+        assert daemon.rules_error is None
+        assert [e.resource for e in daemon.inventory.all_entries()] == ["devplug.io/serial"]
+
+    await run_daemon(config, source, scenario)
+
+
+@pytest.mark.trio
+async def test_an_unexpected_error_during_reload_does_not_stop_the_daemon(setup):
+    config, rules, plugins = setup
+    source = FakeSource([usb_tty(0, "A1")], "test")
+
+    async def scenario(daemon: Daemon):
+        source.fail_enumerate = RuntimeError("sysfs exploded")
+        (rules / "10-ftdi.rules").write_text(RULES.replace("ftdi-serial", "serial"))
+        await daemon.reload()
+        assert "sysfs exploded" in (daemon.rules_error or "")
+        assert daemon.ruleset.resources() == frozenset({R})  # the last good rules
+        assert [e.resource for e in daemon.inventory.all_entries()] == [R]
+        source.fail_enumerate = None
+        await daemon.reload()
+        assert daemon.rules_error is None
+        assert [e.resource for e in daemon.inventory.all_entries()] == ["devplug.io/serial"]
+
+    await run_daemon(config, source, scenario)
+
+
+@pytest.mark.trio
+async def test_an_overflow_resync_reconciles_to_the_enumeration(setup):
+    config, _rules, plugins = setup
+    a, b = usb_tty(0, "A1"), usb_tty(1, "B2")
+    source = FakeSource([a, b], "test")
+
+    async def scenario(daemon: Daemon):
+        # Events were lost: b is gone, c arrived; only the enumeration tells.
+        c = usb_tty(2, "C3")
+        source.send.send_nowait(Resync((a, c), "overflow"))
+        await until(lambda: len(daemon.inventory.entries(R)) == 3)
+        health = {e.id.split("-")[2]: e.health for e in daemon.inventory.entries(R)}
+        assert health == {"A1": "Healthy", "B2": "Unhealthy", "C3": "Healthy"}
+
+    daemon = await run_daemon(config, source, scenario)
+    assert "devplug_netlink_overflows_total 1.0" in daemon.telemetry.registry.render() or \
+        "devplug_netlink_overflows_total 1" in daemon.telemetry.registry.render()
+
+
+@pytest.mark.trio
+async def test_debug_socket_serves_the_inventory(setup):
+    config, _rules, _plugins = setup
+    source = FakeSource([usb_tty(0, "A1")], "test")
+
+    async def scenario(daemon: Daemon):
+        stream = await trio.open_unix_socket(config.debug_socket)
+        await stream.send_all(b"GET /inventory HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := await stream.receive_some():
+            data += chunk
+        body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+        assert [d["resource"] for d in body["devices"]] == [R]
+        assert body["source"] == "test"
+        assert oct(os.stat(config.debug_socket).st_mode & 0o777) == "0o600"
+
+    await run_daemon(config, source, scenario)
+    assert not os.path.exists(config.debug_socket)
