@@ -17,7 +17,7 @@ from devplug.core.rules.model import Claim, Mount, RuleRef
 from devplug.ops.telemetry import Telemetry
 
 from .conftest import curl, with_server
-from .promparse import parse
+from .test_metrics import Scrape
 
 R = "devplug.io/serial"
 C = "devplug.io/cam"
@@ -171,8 +171,7 @@ def test_metrics_address_serves_metrics_and_healthz_only():
     assert healthy.stdout.startswith("HTTP/1.1 200 OK") and healthy.stdout.endswith("\n\nok\n")
     assert sick.stdout.startswith("HTTP/1.1 503 Service Unavailable")
     assert sick.stdout.endswith(f"not registered with kubelet: {C}\n")
-    fams = parse(metrics.stdout)
-    assert fams["devplug_devices"].value(resource=C, health="Unhealthy") == 2
+    assert Scrape(metrics.stdout)("devplug_devices", resource=C, health="Unhealthy") == 2
     assert inv_code.stdout == "404"
     assert "content-type: text/plain; version=0.0.4" in head.stdout.lower()
 

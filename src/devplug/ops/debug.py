@@ -11,7 +11,7 @@ Routes (all GET):
 ``/healthz``    200 ``ok`` while the udev monitor runs and every resource holding devices is
                 served (and registered with kubelet, unless registration is off); 503 with
                 the reason otherwise.
-``/metrics``    Prometheus text format.
+``/metrics``    Prometheus text format (``ops/metrics.py``).
 
 The unix socket serves all of them; the TCP metrics address only ``/metrics`` and
 ``/healthz``, since the inventory carries allocation details (envs, annotations).
@@ -34,7 +34,7 @@ from ..core.device import Device
 from ..core.inventory import Entry, Inventory
 from . import httpserve
 from .httpserve import Response
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from . import metrics
 from .telemetry import EventRecord, Telemetry
 
 log = logging.getLogger("devplug.debug")
@@ -307,7 +307,7 @@ class DebugApp:
         return httpserve.text(200 if health.ok else 503, health.reason)
 
     async def _metrics(self, query: Mapping[str, str]) -> Response:
-        return Response(200, METRICS_CONTENT_TYPE, self.telemetry.registry.render().encode())
+        return Response(200, metrics.CONTENT_TYPE, metrics.exposition(self.telemetry.registry))
 
 
 async def serve(app: DebugApp, debug_socket: Optional[str], metrics_address: Optional[str],
