@@ -1,4 +1,5 @@
-"""Helpers for the operations tests: run a trio server while blocking clients talk to it."""
+"""Helpers for the operations tests: serve in the test's trio run while blocking clients
+(curl, plain sockets) talk to it from a worker thread."""
 
 from __future__ import annotations
 
@@ -13,19 +14,15 @@ import trio
 CURL = shutil.which("curl")
 
 
-def with_server(start: Callable[..., Any], *args: Any, client: Callable[[Any], Any]) -> Any:
+async def with_server(start: Callable[..., Any], *args: Any, client: Callable[[Any], Any]) -> Any:
     """Start ``start(*args)`` with ``nursery.start``; run ``client(started_value)`` in a
-    thread; cancel the server; return what the client returned."""
-
-    async def main() -> Any:
-        async with trio.open_nursery() as nursery:
-            value = await nursery.start(start, *args)
-            try:
-                return await trio.to_thread.run_sync(client, value)
-            finally:
-                nursery.cancel_scope.cancel()
-
-    return trio.run(main)
+    thread; cancel the server and wait until it finished; return what the client returned."""
+    async with trio.open_nursery() as nursery:
+        value = await nursery.start(start, *args)
+        try:
+            return await trio.to_thread.run_sync(client, value)
+        finally:
+            nursery.cancel_scope.cancel()
 
 
 def curl(*args: str, timeout: float = 10) -> subprocess.CompletedProcess:
