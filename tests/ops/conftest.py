@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import trio
 CURL = shutil.which("curl")
 
 
-async def with_server(start: Callable[..., Any], *args: Any, client: Callable[[Any], Any]) -> Any:
+async def serve_while(start: Callable[..., Any], *args: Any, client: Callable[[Any], Any]) -> Any:
     """Start ``start(*args)`` with ``nursery.start``; run ``client(started_value)`` in a
     thread; cancel the server and wait until it finished; return what the client returned."""
     async with trio.open_nursery() as nursery:
@@ -23,6 +24,11 @@ async def with_server(start: Callable[..., Any], *args: Any, client: Callable[[A
             return await trio.to_thread.run_sync(client, value)
         finally:
             nursery.cancel_scope.cancel()
+
+
+def with_server(start: Callable[..., Any], *args: Any, client: Callable[[Any], Any]) -> Any:
+    """:func:`serve_while` for synchronous tests (its own trio run)."""
+    return trio.run(functools.partial(serve_while, start, *args, client=client))
 
 
 def curl(*args: str, timeout: float = 10) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ from devplug.core.rules import RuleSet
 from devplug.core.rules.model import Claim, Mount, RuleRef
 from devplug.ops.telemetry import Telemetry
 
-from .conftest import curl, with_server
+from .conftest import curl, serve_while
 from .test_metrics import Scrape
 
 R = "devplug.io/serial"
@@ -68,7 +68,7 @@ def test_rfc3339():
 async def test_inventory_over_the_unix_socket(tmp_path):
     sock = str(tmp_path / "debug.sock")
     app = make_app(inventory(), rules_error="/etc/devplug/10-serial.rules:4:1: unknown key FOO")
-    r = await with_server(debug.serve, app, sock, None,
+    r = await serve_while(debug.serve, app, sock, None,
                     client=lambda _: curl("--unix-socket", sock, "http://devplug/inventory"))
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
@@ -118,7 +118,7 @@ async def test_events_route_and_limit(tmp_path):
                 curl("--unix-socket", sock, "-o", "/dev/null", "-w", "%{http_code}",
                      "http://devplug/events?limit=x"))
 
-    full, limited, bad = await with_server(debug.serve, app, sock, None, client=client)
+    full, limited, bad = await serve_while(debug.serve, app, sock, None, client=client)
     events = json.loads(full.stdout)["events"]
     assert [(e["kind"], e["action"], e["seqnum"]) for e in events] == [
         ("uevent", "add", 41), ("uevent", "remove", 42), ("resync", "overflow", None)]
@@ -167,7 +167,7 @@ async def test_metrics_address_serves_metrics_and_healthz_only():
         return (healthy, sick, curl(base + "/metrics"), curl(*code, base + "/inventory"),
                 curl("-i", base + "/metrics"))
 
-    healthy, sick, metrics, inv_code, head = await with_server(debug.serve, app, None, "127.0.0.1:0", client=client)
+    healthy, sick, metrics, inv_code, head = await serve_while(debug.serve, app, None, "127.0.0.1:0", client=client)
     assert healthy.stdout.startswith("HTTP/1.1 200 OK") and healthy.stdout.endswith("\n\nok\n")
     assert sick.stdout.startswith("HTTP/1.1 503 Service Unavailable")
     assert sick.stdout.endswith(f"not registered with kubelet: {C}\n")
@@ -186,7 +186,7 @@ async def test_explain_needs_a_device_and_reports_unknown_ones(tmp_path):
                 curl("--unix-socket", sock, *code, "http://devplug/explain?syspath=/sys/devices/nope"),
                 curl("--unix-socket", sock, *code, "http://devplug/nothing"))
 
-    missing, unknown, nothing = await with_server(debug.serve, app, sock, None, client=client)
+    missing, unknown, nothing = await serve_while(debug.serve, app, sock, None, client=client)
     assert missing.stdout.endswith("\n400")
     body, code = unknown.stdout.rsplit("\n", 1)
     assert code == "404" and json.loads(body) == {"error": "/sys/devices/nope: no such device in sysfs"}

@@ -14,7 +14,7 @@ import trio
 from devplug.ops import httpserve
 from devplug.ops.httpserve import Response
 
-from .conftest import curl, with_server
+from .conftest import curl, serve_while
 
 
 async def echo(method, path, query):
@@ -51,7 +51,7 @@ async def test_unix_socket_mode_parent_dir_curl_and_cleanup(tmp_path):
         miss = curl("--unix-socket", sock, "-o", "/dev/null", "-w", "%{http_code}", "http://devplug/missing")
         return st, parent, r, miss
 
-    st, parent, r, miss = await with_server(httpserve.serve_unix, sock, echo, client=client)
+    st, parent, r, miss = await serve_while(httpserve.serve_unix, sock, echo, client=client)
     assert stat.S_ISSOCK(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == 0o600
     assert stat.S_IMODE(parent.st_mode) == 0o700
@@ -73,7 +73,7 @@ async def test_bad_request_method_and_handler_errors(tmp_path):
             raw_exchange(sock, b"HEAD /x HTTP/1.1\r\nhost: d\r\nconnection: close\r\n\r\n"),
         )
 
-    garbage, post, boom, no_host, head = await with_server(httpserve.serve_unix, sock, echo, client=client)
+    garbage, post, boom, no_host, head = await serve_while(httpserve.serve_unix, sock, echo, client=client)
     assert garbage.startswith(b"HTTP/1.1 400 ")
     assert post.startswith(b"HTTP/1.1 405 ") and b"allow: GET, HEAD" in post
     assert boom.startswith(b"HTTP/1.1 500 ") and b"handler bug" not in boom
@@ -110,7 +110,7 @@ async def test_keep_alive_serves_several_requests_on_one_connection(tmp_path):
         s.close()
         return bodies
 
-    assert await with_server(httpserve.serve_unix, sock, echo, client=client) == [
+    assert await serve_while(httpserve.serve_unix, sock, echo, client=client) == [
         b"GET /n0 []", b"GET /n1 []", b"GET /n2 []"]
 
 
@@ -127,7 +127,7 @@ async def test_idle_connection_is_closed_after_the_read_timeout(tmp_path, monkey
         s.close()
         return data, time.monotonic() - t0
 
-    data, waited = await with_server(httpserve.serve_unix, sock, echo, client=client)
+    data, waited = await serve_while(httpserve.serve_unix, sock, echo, client=client)
     assert data == b""
     assert 0.15 < waited < 2
 
@@ -137,7 +137,7 @@ async def test_stale_socket_is_replaced_live_one_and_non_socket_refused(tmp_path
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(sock)
     stale.close()  # file left behind, nobody listening
-    r = await with_server(httpserve.serve_unix, sock, echo,
+    r = await serve_while(httpserve.serve_unix, sock, echo,
                     client=lambda _: raw_exchange(sock, b"GET /a HTTP/1.1\r\nhost: d\r\nconnection: close\r\n\r\n"))
     assert r.startswith(b"HTTP/1.1 200 ")
 
@@ -163,7 +163,7 @@ async def test_tcp_on_an_ephemeral_port():
         host, port = bound
         return curl("-i", f"http://{httpserve.format_address(host, port)}/metrics")
 
-    r = await with_server(httpserve.serve_tcp, "127.0.0.1", 0, echo, client=client)
+    r = await serve_while(httpserve.serve_tcp, "127.0.0.1", 0, echo, client=client)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("HTTP/1.1 200")
     assert r.stdout.endswith("GET /metrics []")
