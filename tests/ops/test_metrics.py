@@ -39,6 +39,11 @@ SERIES = [
     ("devplug_netlink_overflows", "counter",
      "Netlink receive buffer overflows (ENOBUFS): the kernel dropped uevents.", set()),
     ("devplug_resyncs", "counter", "Full re-enumerations by reason.", {"reason"}),
+    ("devplug_http_connections", "gauge", "Open connections on the debug socket and the metrics address.",
+     {"listener"}),
+    ("devplug_http_connections_dropped", "counter",
+     "Connections devplug closed or could not accept: evicted (idle, to make room), refused (cap reached, "
+     "none idle), timeout (idle or slow client), accept_error (e.g. EMFILE).", {"listener", "reason"}),
 ]
 
 
@@ -83,6 +88,8 @@ def test_every_series_keeps_its_name_type_help_and_labels():
     t.on_registration(R, True)
     t.on_allocate(R, "ok")
     t.on_resync("coldplug", Change())
+    t.listener("metrics").open = 2
+    t.listener("metrics").dropped["evicted"] += 1
     s = scrape(t)
     got = [(n, f.type, f.documentation) for n, f in s.families.items() if n.startswith("devplug_")]
     assert got == [(n, typ, help) for n, typ, help, _ in SERIES]

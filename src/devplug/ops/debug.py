@@ -20,6 +20,7 @@ The unix socket serves all of them; the TCP metrics address only ``/metrics`` an
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import time
@@ -311,16 +312,19 @@ class DebugApp:
 
 
 async def serve(app: DebugApp, debug_socket: Optional[str], metrics_address: Optional[str],
-                *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the debug socket and the metrics address (either may be None: disabled).
+                *, limits: httpserve.Limits = httpserve.Limits(), task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the debug socket and the metrics address (either may be None: disabled), each
+    with its own connection cap (``httpserve.Limits``): a flood on one never locks out the other.
 
     ``task_status.started`` gets the bound metrics ``(host, port)`` (or None) once both listen.
     """
     async with trio.open_nursery() as nursery:
         bound = None
         if debug_socket:
-            await nursery.start(httpserve.serve_unix, debug_socket, app.handle)
+            await nursery.start(functools.partial(httpserve.serve_unix, debug_socket, app.handle,
+                                                  limits=limits, stats=app.telemetry.listener("debug")))
         if metrics_address:
             host, port = httpserve.parse_address(metrics_address)
-            bound = await nursery.start(httpserve.serve_tcp, host, port, app.handle_metrics)
+            bound = await nursery.start(functools.partial(httpserve.serve_tcp, host, port, app.handle_metrics,
+                                                          limits=limits, stats=app.telemetry.listener("metrics")))
         task_status.started(bound)

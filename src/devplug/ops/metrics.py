@@ -15,7 +15,7 @@ and GC collectors are left out: nothing an operator of devplug acts on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -88,6 +88,7 @@ class TelemetryCollector:
                        (), {(): t.overflows})
         yield _counter("devplug_resyncs_total", "Full re-enumerations by reason.",
                        ("reason",), {(k,): v for k, v in t.resyncs.items()})
+        yield from self._listeners()
 
     def _latency(self) -> HistogramMetricFamily:
         cumulative = 0
@@ -99,3 +100,21 @@ class TelemetryCollector:
             "devplug_uevent_to_send_seconds",
             "Time from receiving a uevent to sending the changed device list on a ListAndWatch stream.",
             buckets=buckets, sum_value=self._t.latency_sum)
+
+    def _listeners(self) -> Iterable[Metric]:
+        listeners = self._t.listeners
+        open_ = GaugeMetricFamily("devplug_http_connections",
+                                  "Open connections on the debug socket and the metrics address.",
+                                  labels=("listener",))
+        dropped = CounterMetricFamily(
+            "devplug_http_connections_dropped_total",
+            "Connections devplug closed or could not accept: evicted (idle, to make room), refused "
+            "(cap reached, none idle), timeout (idle or slow client), accept_error (e.g. EMFILE).",
+            labels=("listener", "reason"))
+        for name in sorted(listeners):
+            stats = listeners[name]
+            open_.add_metric((name,), stats.open)
+            for reason in sorted(stats.dropped):
+                dropped.add_metric((name, reason), stats.dropped[reason])
+        yield open_
+        yield dropped

@@ -24,6 +24,7 @@ import attrs
 from prometheus_client import CollectorRegistry
 
 from ..core.inventory import Change, Inventory
+from .httpserve import ConnectionStats
 from .metrics import LATENCY_BUCKETS, build_registry
 
 EVENT_LOG_SIZE = 256
@@ -82,6 +83,7 @@ class Telemetry:
         self.rules_valid = True
         self.overflows = 0
         self.resyncs: collections.Counter[str] = collections.Counter()  # reason
+        self.listeners: dict[str, ConnectionStats] = {}  # "debug", "metrics": kept by httpserve
         self.registry: CollectorRegistry = build_registry(self)
 
     # ---- hooks the daemon calls ------------------------------------------------------------
@@ -145,6 +147,10 @@ class Telemetry:
         self.reloads["ok" if ok else "error"] += 1
         self.rules_valid = ok
         self.rules_error = None if ok else (error or "rules invalid")
+
+    def listener(self, name: str) -> ConnectionStats:
+        """The connection counts of listener ``name``, for ``httpserve`` to keep up to date."""
+        return self.listeners.setdefault(name, ConnectionStats())
 
     def recent(self, limit: Optional[int] = None) -> list[EventRecord]:
         """The last ``limit`` (default all kept) uevents and resyncs, oldest first."""
