@@ -30,9 +30,6 @@ from .metrics import LATENCY_BUCKETS, build_registry
 EVENT_LOG_SIZE = 256
 _PENDING_PER_RESOURCE = 64
 
-#: Allocate outcomes, as labels.
-ALLOCATE_RESULTS = ("ok", "invalid_argument", "failed_precondition", "error")
-
 
 @attrs.frozen(slots=True)
 class ChangeRecord:
@@ -139,7 +136,7 @@ class Telemetry:
         self.kubelet_restarts += 1
 
     def on_allocate(self, resource: str, result: str) -> None:
-        """``result``: one of :data:`ALLOCATE_RESULTS` (gRPC code names in lower case)."""
+        """``result``: ``ok``, ``invalid_argument``, ``failed_precondition`` or ``error``."""
         self.allocations[resource, result] += 1
 
     def on_reload(self, ok: bool, error: Optional[str] = None) -> None:

@@ -194,7 +194,6 @@ class UdevSource:
         context: Optional[pyudev.Context] = None,
         db_dir: str = db.DEFAULT_DB_DIR,
     ) -> None:
-        self.requested_source = source
         self.source_kind = resolve_source(source)
         self.subsystems = frozenset(subsystems) if subsystems else None
         self.receive_buffer = receive_buffer
