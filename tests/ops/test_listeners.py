@@ -55,12 +55,15 @@ async def get(stream: trio.SocketStream, path: str = "/x") -> tuple[int, bytes]:
 
 def closed_by_server(stream: trio.SocketStream) -> bool:
     """Whether the server closed it (EOF or reset queued), without waiting."""
+    peek = socket.socket(fileno=stream.socket.fileno())  # a view on the same descriptor
     try:
-        return stream.socket._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except BlockingIOError:
         return False
     except ConnectionResetError:
         return True
+    finally:
+        peek.detach()
 
 
 async def read_all(stream: trio.SocketStream) -> bytes:
