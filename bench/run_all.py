@@ -42,6 +42,7 @@ STEPS: dict[str, tuple[list[str], list[str], int]] = {
     "coldstart": (["bench_coldstart.py"], ["bench_coldstart.py", "--sources", "kernel"], 900),
     "memory": (["bench_memory.py"], ["bench_memory.py", "--settle", "1"], 900),
     "idle": (["bench_idle.py"], ["bench_idle.py", "--seconds", "5"], 300),
+    "flood": (["bench_flood.py"], ["bench_flood.py", "--connections", "400"], 300),
 }
 
 
@@ -189,9 +190,17 @@ def rows_idle(r: dict) -> list[Row]:
             ("idle RSS (bench_idle rules)", f"{r['rss_mib']} MiB", "≤ 48 MiB", "", "")]
 
 
+def rows_flood(r: dict) -> list[Row]:
+    res = r["results"]
+    return [(f"kubelet restart under {r['connections']} idle metrics connections (nofile {r['nofile']}): "
+             "registered / first list", f"{res['reregister_ms']} / {res['first_list_ms']} ms, daemon fds "
+             f"{res['fds_before']} → {res['fds_flooded']}, {res['tracebacks']} tracebacks",
+             "as without the flood, no EMFILE", "", "")]
+
+
 SUMMARY: dict[str, Callable[[dict], list[Row]]] = {
     "rules": rows_rules, "allocate": rows_allocate, "hotplug": rows_hotplug, "hotplug_same": rows_hotplug, "burst": rows_burst,
-    "coldstart": rows_coldstart, "memory": rows_memory, "idle": rows_idle,
+    "coldstart": rows_coldstart, "memory": rows_memory, "idle": rows_idle, "flood": rows_flood,
 }
 
 

@@ -178,6 +178,15 @@ def test_metrics_port_probes_and_resources(base):
                for e in c["env"])
 
 
+def test_metrics_listen_on_the_pod_ip_not_every_interface(base):
+    """With hostNetwork the pod IP is the node's InternalIP: the port stays off the node's
+    other interfaces (issue 10 item 7); brackets keep an IPv6 pod IP parseable."""
+    c = container(one(base, "DaemonSet"))
+    assert args(one(base, "DaemonSet"))["--metrics-address"] == "[$(POD_IP)]:9101"
+    assert any(e["name"] == "POD_IP" and e["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+               for e in c["env"])
+
+
 def test_image_is_set_by_kustomize(base):
     image = container(one(base, "DaemonSet"))["image"]
     assert re.fullmatch(r"[\w./:-]+:[\w.-]+", image), image

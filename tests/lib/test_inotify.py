@@ -7,49 +7,49 @@ import socket
 
 import pytest
 import trio
+from trio.testing import wait_all_tasks_blocked
 
 from devplug.lib.inotify import Inotify, Mask
 
 
-def test_socket_create_and_delete_are_seen_in_order(tmp_path):
-    async def main():
-        with Inotify() as ino:
-            wd = ino.add_watch(str(tmp_path), Mask.CREATE | Mask.DELETE)
-            assert ino.read_events() == []  # non-blocking, nothing yet
-            path = tmp_path / "a.sock"
-            s = socket.socket(socket.AF_UNIX)
-            s.bind(str(path))  # a socket file, as gRPC and kubelet create them
-            s.close()
-            os.unlink(path)
+async def test_socket_create_and_delete_are_seen_in_order(tmp_path):
+    with Inotify() as ino:
+        wd = ino.add_watch(str(tmp_path), Mask.CREATE | Mask.DELETE)
+        assert ino.read_events() == []  # non-blocking, nothing yet
+        path = tmp_path / "a.sock"
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(path))  # a socket file, as gRPC and kubelet create them
+        s.close()
+        os.unlink(path)
+        with trio.fail_after(2):
+            got = []
+            while len(got) < 2:
+                got += await ino.wait()
+        assert [(e.wd, e.name) for e in got] == [(wd, "a.sock"), (wd, "a.sock")]
+        assert got[0].mask & Mask.CREATE and got[1].mask & Mask.DELETE
+
+
+async def test_wait_blocks_until_an_event_then_returns_the_batch(tmp_path):
+    with Inotify() as ino:
+        ino.add_watch(str(tmp_path), Mask.CREATE)
+        batch: list = []
+        done = trio.Event()
+
+        async def waiter():
+            batch.extend(await ino.wait())
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await wait_all_tasks_blocked()  # the waiter is parked on the descriptor, nothing queued
+            assert not done.is_set()
+            for n in ("x", "y"):
+                (tmp_path / n).write_text("")
             with trio.fail_after(2):
-                got = []
-                while len(got) < 2:
-                    got += await ino.wait()
-            assert [(e.wd, e.name) for e in got] == [(wd, "a.sock"), (wd, "a.sock")]
-            assert got[0].mask & Mask.CREATE and got[1].mask & Mask.DELETE
-
-    trio.run(main)
-
-
-def test_wait_blocks_until_an_event_then_returns_the_batch(tmp_path):
-    async def main():
-        with Inotify() as ino:
-            ino.add_watch(str(tmp_path), Mask.CREATE)
-            async with trio.open_nursery() as nursery:
-
-                async def touch_later():
-                    await trio.sleep(0.05)
-                    for n in ("x", "y"):
-                        (tmp_path / n).write_text("")
-
-                nursery.start_soon(touch_later)
-                with trio.fail_after(2):
-                    batch = await ino.wait()
-                while len(batch) < 2:
-                    batch += await ino.wait()
-            assert [e.name for e in batch] == ["x", "y"]
-
-    trio.run(main)
+                await done.wait()
+        while len(batch) < 2:
+            batch += await ino.wait()
+        assert [e.name for e in batch] == ["x", "y"]
 
 
 def test_directory_removal_reports_delete_self_and_ignored(tmp_path):
@@ -75,26 +75,27 @@ def test_rm_watch_stops_events_and_errors_name_the_path(tmp_path):
         assert err.value.filename.endswith("missing")
 
 
-def test_close_wakes_a_waiting_task_and_is_idempotent(tmp_path):
-    async def main():
-        ino = Inotify()
-        ino.add_watch(str(tmp_path), Mask.CREATE)
-        with trio.fail_after(2):
-            async with trio.open_nursery() as nursery:
+async def test_close_wakes_a_waiting_task_and_is_idempotent(tmp_path):
+    ino = Inotify()
+    ino.add_watch(str(tmp_path), Mask.CREATE)
+    woken: list[BaseException] = []
 
-                async def waiter():
-                    with pytest.raises(trio.ClosedResourceError):
-                        await ino.wait()
+    async def waiter():
+        try:
+            await ino.wait()
+        except trio.ClosedResourceError as exc:
+            woken.append(exc)
 
-                nursery.start_soon(waiter)
-                await trio.sleep(0.02)
-                ino.close()
-        ino.close()
-        assert ino.closed
-        with pytest.raises(trio.ClosedResourceError):
-            ino.read_events()
-
-    trio.run(main)
+    with trio.fail_after(2):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await wait_all_tasks_blocked()  # the waiter is inside wait_readable now
+            ino.close()
+    assert len(woken) == 1
+    ino.close()
+    assert ino.closed
+    with pytest.raises(trio.ClosedResourceError):
+        ino.read_events()
 
 
 def test_descriptor_is_nonblocking_and_cloexec():

@@ -1,7 +1,9 @@
-"""Helpers for the operations tests: run a trio server while blocking clients talk to it."""
+"""Helpers for the operations tests: serve in the test's trio run while blocking clients
+(curl, plain sockets) talk to it from a worker thread."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -13,19 +15,20 @@ import trio
 CURL = shutil.which("curl")
 
 
-def with_server(start: Callable[..., Any], *args: Any, client: Callable[[Any], Any]) -> Any:
+async def serve_while(start: Callable[..., Any], *args: Any, client: Callable[[Any], Any]) -> Any:
     """Start ``start(*args)`` with ``nursery.start``; run ``client(started_value)`` in a
-    thread; cancel the server; return what the client returned."""
+    thread; cancel the server and wait until it finished; return what the client returned."""
+    async with trio.open_nursery() as nursery:
+        value = await nursery.start(start, *args)
+        try:
+            return await trio.to_thread.run_sync(client, value)
+        finally:
+            nursery.cancel_scope.cancel()
 
-    async def main() -> Any:
-        async with trio.open_nursery() as nursery:
-            value = await nursery.start(start, *args)
-            try:
-                return await trio.to_thread.run_sync(client, value)
-            finally:
-                nursery.cancel_scope.cancel()
 
-    return trio.run(main)
+def with_server(start: Callable[..., Any], *args: Any, client: Callable[[Any], Any]) -> Any:
+    """:func:`serve_while` for synchronous tests (its own trio run)."""
+    return trio.run(functools.partial(serve_while, start, *args, client=client))
 
 
 def curl(*args: str, timeout: float = 10) -> subprocess.CompletedProcess:

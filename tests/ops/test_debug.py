@@ -16,8 +16,8 @@ from devplug.core.rules import RuleSet
 from devplug.core.rules.model import Claim, Mount, RuleRef
 from devplug.ops.telemetry import Telemetry
 
-from .conftest import curl, with_server
-from .promparse import parse
+from .conftest import curl, serve_while
+from .test_metrics import Scrape
 
 R = "devplug.io/serial"
 C = "devplug.io/cam"
@@ -65,10 +65,10 @@ def test_rfc3339():
     assert debug.rfc3339(T0) == "2024-05-01T10:00:00.250Z"
 
 
-def test_inventory_over_the_unix_socket(tmp_path):
+async def test_inventory_over_the_unix_socket(tmp_path):
     sock = str(tmp_path / "debug.sock")
     app = make_app(inventory(), rules_error="/etc/devplug/10-serial.rules:4:1: unknown key FOO")
-    r = with_server(debug.serve, app, sock, None,
+    r = await serve_while(debug.serve, app, sock, None,
                     client=lambda _: curl("--unix-socket", sock, "http://devplug/inventory"))
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
@@ -100,7 +100,7 @@ def test_inventory_over_the_unix_socket(tmp_path):
     assert datetime.datetime.fromisoformat(fuse["since"].replace("Z", "+00:00")).timestamp() == T0 + 2
 
 
-def test_events_route_and_limit(tmp_path):
+async def test_events_route_and_limit(tmp_path):
     sock = str(tmp_path / "debug.sock")
     inv = Inventory()
     app = make_app(inv)
@@ -118,7 +118,7 @@ def test_events_route_and_limit(tmp_path):
                 curl("--unix-socket", sock, "-o", "/dev/null", "-w", "%{http_code}",
                      "http://devplug/events?limit=x"))
 
-    full, limited, bad = with_server(debug.serve, app, sock, None, client=client)
+    full, limited, bad = await serve_while(debug.serve, app, sock, None, client=client)
     events = json.loads(full.stdout)["events"]
     assert [(e["kind"], e["action"], e["seqnum"]) for e in events] == [
         ("uevent", "add", 41), ("uevent", "remove", 42), ("resync", "overflow", None)]
@@ -153,7 +153,7 @@ def test_health_logic_with_real_inventory():
     assert check_health(empty, monitor_running=True, plugins={R: status(R, registered=False)}).ok
 
 
-def test_metrics_address_serves_metrics_and_healthz_only():
+async def test_metrics_address_serves_metrics_and_healthz_only():
     inv = inventory()
     plugins = {R: status(R), C: status(C)}
     app = make_app(inv, plugins=plugins)
@@ -167,17 +167,16 @@ def test_metrics_address_serves_metrics_and_healthz_only():
         return (healthy, sick, curl(base + "/metrics"), curl(*code, base + "/inventory"),
                 curl("-i", base + "/metrics"))
 
-    healthy, sick, metrics, inv_code, head = with_server(debug.serve, app, None, "127.0.0.1:0", client=client)
+    healthy, sick, metrics, inv_code, head = await serve_while(debug.serve, app, None, "127.0.0.1:0", client=client)
     assert healthy.stdout.startswith("HTTP/1.1 200 OK") and healthy.stdout.endswith("\n\nok\n")
     assert sick.stdout.startswith("HTTP/1.1 503 Service Unavailable")
     assert sick.stdout.endswith(f"not registered with kubelet: {C}\n")
-    fams = parse(metrics.stdout)
-    assert fams["devplug_devices"].value(resource=C, health="Unhealthy") == 2
+    assert Scrape(metrics.stdout)("devplug_devices", resource=C, health="Unhealthy") == 2
     assert inv_code.stdout == "404"
     assert "content-type: text/plain; version=0.0.4" in head.stdout.lower()
 
 
-def test_explain_needs_a_device_and_reports_unknown_ones(tmp_path):
+async def test_explain_needs_a_device_and_reports_unknown_ones(tmp_path):
     sock = str(tmp_path / "debug.sock")
     app = make_app(Inventory())
 
@@ -187,7 +186,7 @@ def test_explain_needs_a_device_and_reports_unknown_ones(tmp_path):
                 curl("--unix-socket", sock, *code, "http://devplug/explain?syspath=/sys/devices/nope"),
                 curl("--unix-socket", sock, *code, "http://devplug/nothing"))
 
-    missing, unknown, nothing = with_server(debug.serve, app, sock, None, client=client)
+    missing, unknown, nothing = await serve_while(debug.serve, app, sock, None, client=client)
     assert missing.stdout.endswith("\n400")
     body, code = unknown.stdout.rsplit("\n", 1)
     assert code == "404" and json.loads(body) == {"error": "/sys/devices/nope: no such device in sysfs"}

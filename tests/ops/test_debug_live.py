@@ -40,7 +40,7 @@ def tty_uevent(action: str) -> None:
         f.write(action)
 
 
-def test_events_inventory_and_explain_from_real_uevents(tmp_path, rules_file):
+async def test_events_inventory_and_explain_from_real_uevents(tmp_path, rules_file):
     if os.geteuid() != 0:
         pytest.skip("triggering kernel uevents needs root")
     sock = str(tmp_path / "debug.sock")
@@ -51,51 +51,44 @@ def test_events_inventory_and_explain_from_real_uevents(tmp_path, rules_file):
     source = UdevSource(source="kernel", subsystems=ruleset.subsystems)
     app = DebugApp(inv, telemetry, pipeline=lambda: pipeline, node="n1", source=lambda: source.source_kind,
                    find_device=find_device)
-    results = {}
+    seen_remove = trio.Event()
 
-    async def main() -> None:
-        source.open()
+    async def consume() -> None:
+        # What daemon.Daemon._consume does, plus the telemetry hook.
+        async for item in source.events():
+            if isinstance(item, DeviceEvent):
+                d = item.device
+                change = pipeline.handle(d, item.action)
+                telemetry.on_event(item.action, d.subsystem, d.devpath, item.seqnum, item.received_ns, change)
+                if d.sysname == f"tty{N}" and item.action == "remove":
+                    seen_remove.set()
+            elif isinstance(item, Resync):
+                telemetry.on_resync(item.reason, pipeline.resync(item.devices))
+
+    def client() -> dict:
+        code = ("-w", "\n%{http_code}")
+        return {
+            "events": curl("--unix-socket", sock, "http://devplug/events"),
+            "inventory": curl("--unix-socket", sock, "http://devplug/inventory"),
+            "explain": curl("--unix-socket", sock, f"http://devplug/explain?devnode=/dev/tty{N}"),
+            "explain_sys": curl("--unix-socket", sock, *code,
+                                f"http://devplug/explain?syspath=/sys/class/tty/tty{N}"),
+        }
+
+    source.open()
+    try:
         pipeline.resync(source.enumerate())
-        seen_remove = trio.Event()
-
-        async def consume() -> None:
-            # What app.Daemon._consume does, plus the telemetry hook.
-            async for item in source.events():
-                if isinstance(item, DeviceEvent):
-                    d = item.device
-                    change = pipeline.handle(d, item.action)
-                    telemetry.on_event(item.action, d.subsystem, d.devpath, item.seqnum, item.received_ns, change)
-                    if d.sysname == f"tty{N}" and item.action == "remove":
-                        seen_remove.set()
-                elif isinstance(item, Resync):
-                    telemetry.on_resync(item.reason, pipeline.resync(item.devices))
-
         async with trio.open_nursery() as nursery:
             await nursery.start(debug.serve, app, sock, None)
             nursery.start_soon(consume)
             tty_uevent("remove")
             with trio.fail_after(10):
                 await seen_remove.wait()
-
-            def client():
-                code = ("-w", "\n%{http_code}")
-                return {
-                    "events": curl("--unix-socket", sock, "http://devplug/events"),
-                    "inventory": curl("--unix-socket", sock, "http://devplug/inventory"),
-                    "explain": curl("--unix-socket", sock, f"http://devplug/explain?devnode=/dev/tty{N}"),
-                    "explain_sys": curl("--unix-socket", sock, *code,
-                                        f"http://devplug/explain?syspath=/sys/class/tty/tty{N}"),
-                }
-
-            results.update(await trio.to_thread.run_sync(client))
-            tty_uevent("add")  # leave the device as udev last saw it
+            results = await trio.to_thread.run_sync(client)
             nursery.cancel_scope.cancel()
-        source.close()
-
-    try:
-        trio.run(main)
     finally:
-        tty_uevent("add")
+        tty_uevent("add")  # leave the device as udev last saw it
+        source.close()
 
     events = [e for e in json.loads(results["events"].stdout)["events"] if e["devpath"] == f"/devices/virtual/tty/tty{N}"]
     assert events, results["events"].stdout

@@ -1,11 +1,11 @@
-"""The h11 server on real sockets: unix socket mode, curl, keep-alive, errors, cleanup."""
+"""The h11 server on real sockets: unix socket mode, curl, keep-alive, errors, cleanup.
+(Connection caps and timeouts: test_listeners.py.)"""
 
 from __future__ import annotations
 
 import os
 import socket
 import stat
-import time
 
 import h11
 import pytest
@@ -14,7 +14,7 @@ import trio
 from devplug.ops import httpserve
 from devplug.ops.httpserve import Response
 
-from .conftest import curl, with_server
+from .conftest import curl, serve_while
 
 
 async def echo(method, path, query):
@@ -41,7 +41,7 @@ def raw_exchange(path: str, data: bytes, *, read_until_close: bool = True) -> by
     return b"".join(chunks)
 
 
-def test_unix_socket_mode_parent_dir_curl_and_cleanup(tmp_path):
+async def test_unix_socket_mode_parent_dir_curl_and_cleanup(tmp_path):
     sock = str(tmp_path / "run" / "devplug" / "debug.sock")
 
     def client(_):
@@ -51,7 +51,7 @@ def test_unix_socket_mode_parent_dir_curl_and_cleanup(tmp_path):
         miss = curl("--unix-socket", sock, "-o", "/dev/null", "-w", "%{http_code}", "http://devplug/missing")
         return st, parent, r, miss
 
-    st, parent, r, miss = with_server(httpserve.serve_unix, sock, echo, client=client)
+    st, parent, r, miss = await serve_while(httpserve.serve_unix, sock, echo, client=client)
     assert stat.S_ISSOCK(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == 0o600
     assert stat.S_IMODE(parent.st_mode) == 0o700
@@ -61,7 +61,7 @@ def test_unix_socket_mode_parent_dir_curl_and_cleanup(tmp_path):
     assert not os.path.exists(sock), "socket must be removed on exit"
 
 
-def test_bad_request_method_and_handler_errors(tmp_path):
+async def test_bad_request_method_and_handler_errors(tmp_path):
     sock = str(tmp_path / "d.sock")
 
     def client(_):
@@ -73,7 +73,7 @@ def test_bad_request_method_and_handler_errors(tmp_path):
             raw_exchange(sock, b"HEAD /x HTTP/1.1\r\nhost: d\r\nconnection: close\r\n\r\n"),
         )
 
-    garbage, post, boom, no_host, head = with_server(httpserve.serve_unix, sock, echo, client=client)
+    garbage, post, boom, no_host, head = await serve_while(httpserve.serve_unix, sock, echo, client=client)
     assert garbage.startswith(b"HTTP/1.1 400 ")
     assert post.startswith(b"HTTP/1.1 405 ") and b"allow: GET, HEAD" in post
     assert boom.startswith(b"HTTP/1.1 500 ") and b"handler bug" not in boom
@@ -84,7 +84,7 @@ def test_bad_request_method_and_handler_errors(tmp_path):
     assert b"HTTP/1.1 405 Method Not Allowed" in post
 
 
-def test_keep_alive_serves_several_requests_on_one_connection(tmp_path):
+async def test_keep_alive_serves_several_requests_on_one_connection(tmp_path):
     sock = str(tmp_path / "d.sock")
 
     def client(_):
@@ -110,34 +110,16 @@ def test_keep_alive_serves_several_requests_on_one_connection(tmp_path):
         s.close()
         return bodies
 
-    assert with_server(httpserve.serve_unix, sock, echo, client=client) == [
+    assert await serve_while(httpserve.serve_unix, sock, echo, client=client) == [
         b"GET /n0 []", b"GET /n1 []", b"GET /n2 []"]
 
 
-def test_idle_connection_is_closed_after_the_read_timeout(tmp_path, monkeypatch):
-    monkeypatch.setattr(httpserve, "READ_TIMEOUT", 0.2)
-    sock = str(tmp_path / "d.sock")
-
-    def client(_):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(5)
-        s.connect(sock)
-        t0 = time.monotonic()
-        data = s.recv(100)
-        s.close()
-        return data, time.monotonic() - t0
-
-    data, waited = with_server(httpserve.serve_unix, sock, echo, client=client)
-    assert data == b""
-    assert 0.15 < waited < 2
-
-
-def test_stale_socket_is_replaced_live_one_and_non_socket_refused(tmp_path):
+async def test_stale_socket_is_replaced_live_one_and_non_socket_refused(tmp_path):
     sock = str(tmp_path / "d.sock")
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(sock)
     stale.close()  # file left behind, nobody listening
-    r = with_server(httpserve.serve_unix, sock, echo,
+    r = await serve_while(httpserve.serve_unix, sock, echo,
                     client=lambda _: raw_exchange(sock, b"GET /a HTTP/1.1\r\nhost: d\r\nconnection: close\r\n\r\n"))
     assert r.startswith(b"HTTP/1.1 200 ")
 
@@ -146,7 +128,7 @@ def test_stale_socket_is_replaced_live_one_and_non_socket_refused(tmp_path):
     live.listen(1)
     try:
         with pytest.raises(OSError, match="another process"):
-            trio.run(httpserve.serve_unix, sock, echo)
+            await httpserve.serve_unix(sock, echo)
     finally:
         live.close()
         os.unlink(sock)
@@ -154,16 +136,16 @@ def test_stale_socket_is_replaced_live_one_and_non_socket_refused(tmp_path):
     regular = tmp_path / "file"
     regular.write_text("x")
     with pytest.raises(FileExistsError):
-        trio.run(httpserve.serve_unix, str(regular), echo)
+        await httpserve.serve_unix(str(regular), echo)
     assert regular.read_text() == "x"
 
 
-def test_tcp_on_an_ephemeral_port():
+async def test_tcp_on_an_ephemeral_port():
     def client(bound):
         host, port = bound
         return curl("-i", f"http://{httpserve.format_address(host, port)}/metrics")
 
-    r = with_server(httpserve.serve_tcp, "127.0.0.1", 0, echo, client=client)
+    r = await serve_while(httpserve.serve_tcp, "127.0.0.1", 0, echo, client=client)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("HTTP/1.1 200")
     assert r.stdout.endswith("GET /metrics []")
@@ -173,6 +155,7 @@ def test_tcp_on_an_ephemeral_port():
     ("127.0.0.1:9400", ("127.0.0.1", 9400)),
     (":9400", ("", 9400)),
     ("[::1]:80", ("::1", 80)),
+    ("[10.0.0.5]:9101", ("10.0.0.5", 9101)),  # the manifests' [$(POD_IP)]:9101 with an IPv4 pod IP
     ("node.local:0", ("node.local", 0)),
 ])
 def test_parse_address(text, expected):

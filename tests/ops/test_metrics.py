@@ -1,92 +1,76 @@
-"""The Prometheus registry and devplug's series, checked with a strict format parser."""
+"""devplug's series: the Telemetry hooks, scraped through prometheus_client and read back
+with prometheus_client's own parser (what Prometheus sees, not our objects)."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
+import prometheus_client
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from devplug.core.inventory import Change, Inventory, Sighting
-from devplug.ops.metrics import Registry, format_value
 from devplug.core.rules.model import Claim
-from devplug.ops.telemetry import LATENCY_BUCKETS, Telemetry
-
-from .promparse import FormatError, parse
+from devplug.ops import metrics
+from devplug.ops.telemetry import Telemetry
 
 R = "devplug.io/serial"
 C = "devplug.io/cam"
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+#: Every devplug series: (family as the parser names it, type, help, label names). Renaming
+#: any of them breaks dashboards and alerts, so this table is the contract.
+SERIES = [
+    ("devplug_devices", "gauge", "Devices in the inventory by resource and health.", {"resource", "health"}),
+    ("devplug_uevents", "counter", "Uevents received, by action and subsystem.", {"action", "subsystem"}),
+    ("devplug_uevent_to_send_seconds", "histogram",
+     "Time from receiving a uevent to sending the changed device list on a ListAndWatch stream.", set()),
+    ("devplug_registrations", "counter", "Registrations with kubelet, by resource and result.",
+     {"resource", "result"}),
+    ("devplug_kubelet_restarts", "counter", "Kubelet restarts seen (its socket re-created).", set()),
+    ("devplug_allocate", "counter", "Allocate calls by resource and result.", {"resource", "result"}),
+    ("devplug_rule_reloads", "counter", "Rules reloads by result (ok, error).", {"result"}),
+    ("devplug_rules_valid", "gauge", "1 when the rules last read were valid, 0 while serving older rules.", set()),
+    ("devplug_netlink_overflows", "counter",
+     "Netlink receive buffer overflows (ENOBUFS): the kernel dropped uevents.", set()),
+    ("devplug_resyncs", "counter", "Full re-enumerations by reason.", {"reason"}),
+    ("devplug_http_connections", "gauge", "Open connections on the debug socket and the metrics address.",
+     {"listener"}),
+    ("devplug_http_connections_dropped", "counter",
+     "Connections devplug closed or could not accept: evicted (idle, to make room), refused (cap reached, "
+     "none idle), timeout (idle or slow client), accept_error (e.g. EMFILE).", {"listener", "reason"}),
+]
+
+
+class Scrape:
+    """One ``/metrics`` body, parsed by prometheus_client."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.families = {f.name: f for f in text_string_to_metric_families(text)}
+        self._values = {(s.name, frozenset(s.labels.items())): s.value
+                        for f in self.families.values() for s in f.samples}
+
+    def __call__(self, sample: str, **labels: str) -> float:
+        """A sample's value; KeyError when absent (absent and 0 differ for rate())."""
+        return self._values[sample, frozenset(labels.items())]
+
+    def labels(self, sample: str) -> list[dict[str, str]]:
+        return [dict(k) for n, k in self._values if n == sample]
+
+
+def scrape(t: Telemetry) -> Scrape:
+    return Scrape(metrics.exposition(t.registry).decode())
 
 
 def seen(key, base, resource=R, share=1):
     return Sighting(key=key, present=True, resource=resource, base_id=base,
                     claim=Claim(resource=resource, share=share), devnode="/dev/" + base)
-
-
-def test_counter_gauge_labels_escaping_and_help():
-    reg = Registry()
-    c = reg.counter("x_total", 'Help with a \\ backslash\nand newline.', ("path",))
-    tricky = 'a"b\\c\nd'
-    c.inc(tricky)
-    c.inc(path="plain", amount=2.5)
-    g = reg.gauge("g", "A gauge.")
-    g.set(-3)
-    fams = parse(reg.render())
-    assert fams["x_total"].help == 'Help with a \\ backslash\nand newline.'
-    assert fams["x_total"].type == "counter"
-    assert fams["x_total"].value(path=tricky) == 1
-    assert fams["x_total"].value(path="plain") == 2.5
-    assert fams["g"].type == "gauge" and fams["g"].value() == -3
-    with pytest.raises(ValueError):
-        c.inc(tricky, amount=-1)
-    with pytest.raises(ValueError):
-        c.inc()  # label missing
-    with pytest.raises(ValueError):
-        c.inc(other="x")
-    with pytest.raises(ValueError):
-        reg.counter("x_total", "again")
-    with pytest.raises(ValueError):
-        reg.counter("bad-name", "no")
-
-
-def test_histogram_buckets_are_cumulative_and_le_inclusive():
-    reg = Registry()
-    h = reg.histogram("lat_seconds", "Latency.", (0.001, 0.01, 0.1))
-    for v in (0.0005, 0.001, 0.002, 0.01, 0.5, 7):
-        h.observe(v)
-    fams = parse(reg.render())
-    f = fams["lat_seconds"]
-    bucket = {le: f.sample("lat_seconds_bucket", le=le) for le in ("0.001", "0.01", "0.1", "+Inf")}
-    assert bucket == {"0.001": 2, "0.01": 4, "0.1": 4, "+Inf": 6}
-    assert f.sample("lat_seconds_count") == 6
-    assert f.sample("lat_seconds_sum") == pytest.approx(7.5135)
-    with pytest.raises(ValueError):
-        reg.histogram("h2", "x", (0.1, 0.01))
-
-
-def test_empty_labelled_family_still_declared_and_text_ends_with_newline():
-    reg = Registry()
-    reg.counter("a_total", "A.", ("x",))
-    reg.histogram("h", "H.", (1,), ("r",))
-    text = reg.render()
-    assert text == "# HELP a_total A.\n# TYPE a_total counter\n# HELP h H.\n# TYPE h histogram\n"
-    assert parse(text)["a_total"].samples == []
-
-
-@pytest.mark.parametrize("v,text", [(1, "1"), (1.0, "1"), (0.25, "0.25"), (float("inf"), "+Inf"),
-                                    (float("-inf"), "-Inf"), (float("nan"), "NaN"), (True, "1"), (1e-07, "1e-07")])
-def test_format_value(v, text):
-    assert format_value(v) == text
-
-
-def test_parser_is_strict():
-    with pytest.raises(FormatError):
-        parse("x 1\n")  # no TYPE
-    with pytest.raises(FormatError):
-        parse("# HELP x X\n# TYPE x counter\nx 1\nx 2\n")  # duplicate
-    with pytest.raises(FormatError):
-        parse('# HELP x X\n# TYPE x gauge\nx{a="\\t"} 1\n')  # bad escape
-    with pytest.raises(FormatError):
-        parse('# HELP h H\n# TYPE h histogram\nh_bucket{le="1.0"} 2\nh_bucket{le="+Inf"} 1\nh_sum 0\nh_count 1\n')
 
 
 def _telemetry():
@@ -97,12 +81,35 @@ def _telemetry():
     return inv, t, perf
 
 
-def test_devplug_series_render_and_devices_are_read_at_scrape_time():
+def test_every_series_keeps_its_name_type_help_and_labels():
+    inv, t, perf = _telemetry()
+    inv.apply(seen("/sys/a", "a"))
+    t.on_event("add", "tty", "/devices/a", 1, 0, Change())
+    t.on_registration(R, True)
+    t.on_allocate(R, "ok")
+    t.on_resync("coldplug", Change())
+    t.listener("metrics").open = 2
+    t.listener("metrics").dropped["evicted"] += 1
+    s = scrape(t)
+    got = [(n, f.type, f.documentation) for n, f in s.families.items() if n.startswith("devplug_")]
+    assert got == [(n, typ, help) for n, typ, help, _ in SERIES]
+    for name, typ, _, labels in SERIES:
+        for sample in s.families[name].samples:
+            assert set(sample.labels) - {"le"} == labels, (name, sample)
+
+
+def test_devplug_series_values_and_devices_are_read_at_scrape_time():
     inv, t, perf = _telemetry()
     inv.apply(seen("/sys/a", "a"))
     inv.apply(seen("/sys/b", "b"))
     inv.apply(seen("/sys/fuse", "fuse", resource=C, share=2))
     inv.apply(Sighting(key="/sys/b", present=False))
+    fresh = scrape(t)
+    # Before any reload: both results visible at 0 (so rate() works from the first one).
+    assert fresh("devplug_rule_reloads_total", result="ok") == 0
+    assert fresh("devplug_rule_reloads_total", result="error") == 0
+    assert fresh("devplug_rules_valid") == 1
+    assert fresh("devplug_kubelet_restarts_total") == 0 and fresh("devplug_netlink_overflows_total") == 0
     t.on_registration(R, True)
     t.on_registration(R, False)
     t.on_kubelet_restart()
@@ -111,31 +118,31 @@ def test_devplug_series_render_and_devices_are_read_at_scrape_time():
     t.on_reload(False, "x.rules:3:7: unknown key")
     t.on_overflow(3)
     t.on_overflow()
+    t.on_overflow(0)
     t.on_resync("overflow", Change())
-    fams = parse(t.registry.render())
-    assert {n for n in fams} >= {
-        "devplug_devices", "devplug_uevents_total", "devplug_uevent_to_send_seconds",
-        "devplug_registrations_total", "devplug_kubelet_restarts_total", "devplug_allocate_total",
-        "devplug_rule_reloads_total", "devplug_netlink_overflows_total", "devplug_resyncs_total"}
-    d = fams["devplug_devices"]
-    assert d.value(resource=R, health="Healthy") == 1
-    assert d.value(resource=R, health="Unhealthy") == 1
-    assert d.value(resource=C, health="Healthy") == 2
-    assert d.value(resource=C, health="Unhealthy") == 0
-    assert fams["devplug_registrations_total"].value(resource=R, result="error") == 1
-    assert fams["devplug_kubelet_restarts_total"].value() == 1
-    assert fams["devplug_allocate_total"].value(resource=R, result="failed_precondition") == 1
-    assert fams["devplug_rule_reloads_total"].value(result="error") == 1
-    assert fams["devplug_rule_reloads_total"].value(result="ok") == 0
-    assert fams["devplug_rules_valid"].value() == 0
-    assert fams["devplug_netlink_overflows_total"].value() == 4
-    assert fams["devplug_resyncs_total"].value(reason="overflow") == 1
+    s = scrape(t)
+    assert s("devplug_devices", resource=R, health="Healthy") == 1
+    assert s("devplug_devices", resource=R, health="Unhealthy") == 1
+    assert s("devplug_devices", resource=C, health="Healthy") == 2
+    assert s("devplug_devices", resource=C, health="Unhealthy") == 0
+    assert s("devplug_registrations_total", resource=R, result="ok") == 1
+    assert s("devplug_registrations_total", resource=R, result="error") == 1
+    assert s("devplug_kubelet_restarts_total") == 1
+    assert s("devplug_allocate_total", resource=R, result="failed_precondition") == 1
+    assert s("devplug_allocate_total", resource=R, result="ok") == 1
+    assert s("devplug_rule_reloads_total", result="error") == 1
+    assert s("devplug_rule_reloads_total", result="ok") == 0
+    assert s("devplug_rules_valid") == 0
+    assert s("devplug_netlink_overflows_total") == 4
+    assert s("devplug_resyncs_total", reason="overflow") == 1
+    assert s.labels("devplug_resyncs_total") == [{"reason": "overflow"}]
     assert t.rules_error == "x.rules:3:7: unknown key"
     # A later uevent changes the gauge without touching telemetry.
     inv.apply(seen("/sys/b", "b"))
-    assert parse(t.registry.render())["devplug_devices"].value(resource=R, health="Unhealthy") == 0
+    assert scrape(t)("devplug_devices", resource=R, health="Unhealthy") == 0
     t.on_reload(True)
     assert t.rules_error is None
+    assert scrape(t)("devplug_rules_valid") == 1
 
 
 def test_latency_is_recorded_per_uevent_per_stream_not_for_initial_sends():
@@ -149,25 +156,58 @@ def test_latency_is_recorded_per_uevent_per_stream_not_for_initial_sends():
     t.on_event("change", "tty", "/devices/x", 3, 2_000_000, Change())  # unclaimed: no latency
     perf["now"] = 2_300_000
     t.on_sent(R, v2, None)  # a new stream's initial list: not a reaction
-    assert t.latency.count() == 0
+    assert scrape(t)("devplug_uevent_to_send_seconds_count") == 0
     t.on_sent(R, v2, v1 - 1)  # one stream folds both uevents into one send
     t.on_sent(R, v2, v1)  # another had already sent v1
-    assert t.latency.count() == 3
-    fams = parse(t.registry.render())
-    lat = fams["devplug_uevent_to_send_seconds"]
+    s = scrape(t)
+    assert s("devplug_uevent_to_send_seconds_count") == 3
     # 1.5 ms (first uevent, folded) ; 0.4 ms twice (second uevent)
-    assert lat.sample("devplug_uevent_to_send_seconds_bucket", le="0.0005") == 2
-    assert lat.sample("devplug_uevent_to_send_seconds_bucket", le="0.001") == 2
-    assert lat.sample("devplug_uevent_to_send_seconds_bucket", le="0.0025") == 3
-    assert lat.sample("devplug_uevent_to_send_seconds_sum") == pytest.approx(0.0023)
-    assert [float(le) for le in (str(b) for b in LATENCY_BUCKETS)][0] == 0.0001
-    assert fams["devplug_uevents_total"].value(action="add", subsystem="tty") == 2
-    assert fams["devplug_uevents_total"].value(action="change", subsystem="tty") == 1
+    bucket = "devplug_uevent_to_send_seconds_bucket"
+    assert s(bucket, le="0.0005") == 2
+    assert s(bucket, le="0.001") == 2
+    assert s(bucket, le="0.0025") == 3
+    assert s(bucket, le="+Inf") == 3
+    assert s("devplug_uevent_to_send_seconds_sum") == pytest.approx(0.0023)
+    assert s("devplug_uevents_total", action="add", subsystem="tty") == 2
+    assert s("devplug_uevents_total", action="change", subsystem="tty") == 1
     ev = t.recent()
     assert [e.seqnum for e in ev] == [1, 2, 3]
     assert ev[0].processing_ns == 200_000
     assert ev[0].received == pytest.approx(1_700_000_000.0 - 0.0002)
     assert [(c.resource, c.id, c.state) for c in ev[1].changes] == [(R, "b", "Healthy")]
+
+
+def test_latency_buckets_are_the_documented_ones_cumulative_and_le_inclusive():
+    inv, t, perf = _telemetry()
+    # Latencies exactly on bounds count in that bucket (Prometheus' le is "≤").
+    for latency_ns in (100_000, 1_000_000, 1_000_001, 2_000_000_000):
+        t.on_event("add", "tty", "/devices/a", 1, 0, inv.apply(seen("/sys/a", "a")))
+        perf["now"] = latency_ns
+        t.on_sent(R, inv.version(R), inv.version(R) - 1)
+        perf["now"] = 0
+        inv.apply(Sighting(key="/sys/a", present=False))
+    s = scrape(t)
+    bucket = "devplug_uevent_to_send_seconds_bucket"
+    assert [b["le"] for b in s.labels(bucket)] == [
+        "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
+        "0.25", "0.5", "1.0", "+Inf"]
+    assert s(bucket, le="0.0001") == 1
+    assert s(bucket, le="0.001") == 2
+    assert s(bucket, le="0.0025") == 3
+    assert s(bucket, le="1.0") == 3
+    assert s(bucket, le="+Inf") == 4
+    assert s("devplug_uevent_to_send_seconds_sum") == pytest.approx(0.0001 + 0.001 + 0.001000001 + 2.0)
+
+
+def test_label_values_from_devices_are_escaped():
+    inv, t, perf = _telemetry()
+    weird = 'sub"sys\\tem\nx'
+    t.on_event("weird", weird, "/devices/w", 1, 0, Change())
+    t.on_event("add", None, "/devices/n", 2, 0, Change())
+    s = scrape(t)
+    assert s("devplug_uevents_total", action="weird", subsystem=weird) == 1
+    assert s("devplug_uevents_total", action="add", subsystem="") == 1
+    assert 'subsystem="sub\\"sys\\\\tem\\nx"' in s.text
 
 
 def test_event_log_is_a_ring():
@@ -180,21 +220,48 @@ def test_event_log_is_a_ring():
     assert [e.seqnum for e in t.recent(2)] == [298, 299] and t.recent(0) == []
 
 
-def test_prometheus_client_parses_it_too():
-    parser = pytest.importorskip("prometheus_client.parser")
+def test_process_series_come_from_proc_at_scrape_time():
     inv, t, perf = _telemetry()
-    inv.apply(seen("/sys/a", "a"))
-    t.on_event("add", "tty", "/devices/a", 1, 0, Change())
-    t.latency.observe(0.0003)
+    before = scrape(t)
+    pipes = [os.pipe() for _ in range(50)]
+    try:
+        after = scrape(t)
+    finally:
+        for a, b in pipes:
+            os.close(a)
+            os.close(b)
+    assert after("process_open_fds") >= before("process_open_fds") + 90
+    assert 0 < after("process_open_fds") < after("process_max_fds")
+    assert after("process_resident_memory_bytes") > 1 << 20
+
+
+def test_registry_is_private():
+    inv, t, perf = _telemetry()
     t.on_allocate(R, "ok")
-    t.uevents.inc("weird", 'sub"sys\\tem\n')
-    fams = {f.name: f for f in parser.text_string_to_metric_families(t.registry.render())}
-    assert fams["devplug_devices"].type == "gauge"
-    assert fams["devplug_uevents"].type == "counter"
-    hist = fams["devplug_uevent_to_send_seconds"]
-    assert hist.type == "histogram"
-    buckets = [s for s in hist.samples if s.name.endswith("_bucket")]
-    assert buckets[-1].labels["le"] == "+Inf" and buckets[-1].value == 1
-    assert len(buckets) == len(LATENCY_BUCKETS) + 1
-    weird = [s for s in fams["devplug_uevents"].samples if s.labels.get("action") == "weird"]
-    assert weird[0].labels["subsystem"] == 'sub"sys\\tem\n'
+    assert b"devplug_" not in prometheus_client.generate_latest(prometheus_client.REGISTRY)
+    assert metrics.build_registry(t, process=False) is not t.registry
+    s = Scrape(metrics.exposition(metrics.build_registry(t, process=False)).decode())
+    assert "process_open_fds" not in s.families and s("devplug_allocate_total", resource=R, result="ok") == 1
+
+
+def test_importing_building_and_scraping_start_no_thread():
+    """Threads seen by the kernel (/proc/self/task), not just Python's: prometheus_client's
+    own servers or a timer would show up here."""
+    code = textwrap.dedent("""
+        import os
+        def tasks():
+            return len(os.listdir("/proc/self/task"))
+        assert tasks() == 1, tasks()
+        from devplug.core.inventory import Inventory
+        from devplug.ops import debug, metrics
+        from devplug.ops.telemetry import Telemetry
+        after_import = tasks()
+        t = Telemetry(Inventory())
+        body = metrics.exposition(t.registry)
+        assert b"devplug_devices" in body and b"process_open_fds" in body
+        print(after_import, tasks())
+    """)
+    env = dict(os.environ, PYTHONPATH=SRC)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1", "1"]

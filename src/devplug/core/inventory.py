@@ -134,9 +134,6 @@ class Inventory:
         """(resource, base ID) a present device is bound to, if any."""
         return self._bound.get(key)
 
-    def present_keys(self) -> frozenset[str]:
-        return frozenset(self._bound)
-
     def bound_resources(self) -> frozenset[str]:
         """Resources that hold at least one device present right now."""
         return frozenset(resource for resource, _base in self._holder)

@@ -52,7 +52,6 @@ class StreamCounter:
 
     def __init__(self) -> None:
         self.open = 0
-        self.total = 0
 
 
 class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
@@ -117,7 +116,6 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
 
     async def ListAndWatch(self, request, context):  # noqa: N802
         self._streams.open += 1
-        self._streams.total += 1
         log.debug("stream opened", extra=kv(resource=self.resource, open=self._streams.open))
         try:
             sent: Optional[int] = None

@@ -11,7 +11,7 @@ Routes (all GET):
 ``/healthz``    200 ``ok`` while the udev monitor runs and every resource holding devices is
                 served (and registered with kubelet, unless registration is off); 503 with
                 the reason otherwise.
-``/metrics``    Prometheus text format.
+``/metrics``    Prometheus text format (``ops/metrics.py``).
 
 The unix socket serves all of them; the TCP metrics address only ``/metrics`` and
 ``/healthz``, since the inventory carries allocation details (envs, annotations).
@@ -20,6 +20,7 @@ The unix socket serves all of them; the TCP metrics address only ``/metrics`` an
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import time
@@ -34,7 +35,7 @@ from ..core.device import Device
 from ..core.inventory import Entry, Inventory
 from . import httpserve
 from .httpserve import Response
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from . import metrics
 from .telemetry import EventRecord, Telemetry
 
 log = logging.getLogger("devplug.debug")
@@ -307,20 +308,23 @@ class DebugApp:
         return httpserve.text(200 if health.ok else 503, health.reason)
 
     async def _metrics(self, query: Mapping[str, str]) -> Response:
-        return Response(200, METRICS_CONTENT_TYPE, self.telemetry.registry.render().encode())
+        return Response(200, metrics.CONTENT_TYPE, metrics.exposition(self.telemetry.registry))
 
 
 async def serve(app: DebugApp, debug_socket: Optional[str], metrics_address: Optional[str],
-                *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the debug socket and the metrics address (either may be None: disabled).
+                *, limits: httpserve.Limits = httpserve.Limits(), task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the debug socket and the metrics address (either may be None: disabled), each
+    with its own connection cap (``httpserve.Limits``): a flood on one never locks out the other.
 
     ``task_status.started`` gets the bound metrics ``(host, port)`` (or None) once both listen.
     """
     async with trio.open_nursery() as nursery:
         bound = None
         if debug_socket:
-            await nursery.start(httpserve.serve_unix, debug_socket, app.handle)
+            await nursery.start(functools.partial(httpserve.serve_unix, debug_socket, app.handle,
+                                                  limits=limits, stats=app.telemetry.listener("debug")))
         if metrics_address:
             host, port = httpserve.parse_address(metrics_address)
-            bound = await nursery.start(httpserve.serve_tcp, host, port, app.handle_metrics)
+            bound = await nursery.start(functools.partial(httpserve.serve_tcp, host, port, app.handle_metrics,
+                                                          limits=limits, stats=app.telemetry.listener("metrics")))
         task_status.started(bound)

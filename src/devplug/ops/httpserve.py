@@ -1,15 +1,29 @@
 """A tiny HTTP/1.1 server on trio streams, parsing with h11 (no hand-written HTTP).
 
 Just enough for the debug socket and the metrics endpoint: GET/HEAD, keep-alive, 400 on a
-malformed request, 405 on other methods, 500 when a handler raises. Nothing runs while
-idle — no timers: a read timeout exists only while a connection is open.
+malformed request, 405 on other methods, 500 when a handler raises. No library server
+fits: the stdlib's and prometheus_client's run threads, and the ASGI servers bring an
+event loop of their own; devplug needs one that lives in its trio nursery and costs
+nothing while idle (no timers: a timeout exists only while a connection is open).
+
+Each listener is bounded (:class:`Limits`), because with ``hostNetwork`` anyone who reaches
+the node can connect and every connection is a descriptor that kubelet registration and
+ListAndWatch need too: at most ``max_connections`` at once (and never more than a quarter
+of ``RLIMIT_NOFILE``); at the cap a new connection takes the place of the one idle
+longest (an idle keep-alive connection may be closed by either side in HTTP/1.1), or is
+answered 503 and closed when none is idle. A connection must start a request within
+``idle_timeout``, finish it within ``request_timeout`` of its first byte and take the
+answer within ``send_timeout``. Running out of descriptors in ``accept`` (EMFILE…) is
+one warning line, a backoff and a count, never a traceback per attempt.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
+import resource
 import socket
 import stat
 from http import HTTPStatus
@@ -25,10 +39,39 @@ from ..lib.logs import kv as _kv
 
 log = logging.getLogger("devplug.http")
 
-#: A connection idle (or trickling a request) this long is closed.
-READ_TIMEOUT = 10.0
 MAX_REQUEST_BYTES = 16 * 1024
 _RECEIVE = 64 * 1024
+#: accept() errors that mean "out of something" (descriptors, memory): back off, retry.
+_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_BACKOFF = (0.05, 1.0)  # first and longest pause while accept() fails for lack of capacity
+_REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: 30\r\nconnection: close\r\n\r\ndevplug: too many connections\r\n")
+
+
+@attrs.frozen
+class Limits:
+    """Bounds of one listener (see the module docstring)."""
+
+    max_connections: int = 64
+    idle_timeout: float = 30.0  # a new or kept-alive connection must start a request by then
+    request_timeout: float = 10.0  # a started request must be complete this long after its first byte
+    send_timeout: float = 10.0  # the client must take the whole answer by then
+
+    def cap(self) -> int:
+        """``max_connections``, but never more than a quarter of the descriptor limit."""
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return self.max_connections
+        return max(1, min(self.max_connections, soft // 4))
+
+
+@attrs.define
+class ConnectionStats:
+    """What a listener reports to ``/metrics``: open connections, and the ones it dropped
+    by reason (``evicted``, ``refused``, ``timeout``, ``accept_error``)."""
+
+    open: int = 0
+    dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
 
 @attrs.frozen
@@ -48,8 +91,8 @@ def text(status: int, message: str) -> Response:
 
 
 # ---- serving ------------------------------------------------------------------------------
-async def serve_unix(path: str, handler: Handler, *, mode: int = 0o600,
-                     task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve_unix(path: str, handler: Handler, *, mode: int = 0o600, limits: Limits = Limits(),
+                     stats: Optional[ConnectionStats] = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``handler`` on a unix socket at ``path`` until cancelled, then unlink it.
 
     The parent directory is created (0700) if missing; a stale socket left by a crashed run
@@ -68,33 +111,123 @@ async def serve_unix(path: str, handler: Handler, *, mode: int = 0o600,
     except BaseException:
         sock.close()
         raise
-    log.info("http serving", extra=_kv(socket=path))
+    server = _Server(path, handler, limits, stats or ConnectionStats())
+    log.info("http serving", extra=_kv(socket=path, max_connections=server.cap))
     try:
-        listener = trio.SocketListener(sock)
-        await _serve(listener, handler, task_status, path)
+        await server.run([trio.SocketListener(sock)], task_status, path)
     finally:
         _unlink_if_ours(path, ino)
 
 
-async def serve_tcp(host: str, port: int, handler: Handler,
-                    *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve_tcp(host: str, port: int, handler: Handler, *, limits: Limits = Limits(),
+                    stats: Optional[ConnectionStats] = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``handler`` on TCP; ``task_status.started`` gets the bound ``(host, port)``."""
     listeners = await trio.open_tcp_listeners(port, host=host or None)
     sockname = listeners[0].socket.getsockname()
     bound = (sockname[0], sockname[1])
-    log.info("http serving", extra=_kv(address=f"{format_address(*bound)}"))
-    await _serve(listeners, handler, task_status, bound)
+    server = _Server(format_address(*bound), handler, limits, stats or ConnectionStats())
+    log.info("http serving", extra=_kv(address=server.name, max_connections=server.cap))
+    await server.run(listeners, task_status, bound)
 
 
-async def _serve(listeners, handler: Handler, task_status, started_value) -> None:
-    if not isinstance(listeners, list):
-        listeners = [listeners]
-    async with trio.open_nursery() as nursery:
-        async def serve_one(stream: trio.abc.Stream) -> None:
-            await serve_connection(stream, handler)
+@attrs.define(eq=False)
+class _Conn:
+    stream: trio.SocketStream
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    idle_since: Optional[float] = None  # None while a request is being read or answered
 
-        await nursery.start(trio.serve_listeners, serve_one, listeners)
-        task_status.started(started_value)
+    def close_now(self) -> None:
+        """Release the descriptor at once (the task unwinds after); only while idle."""
+        self.scope.cancel()
+        self.stream.socket.close()  # wakes the task's receive with ClosedResourceError
+
+
+class _Server:
+    """The accept loop of one listener (or the v4+v6 pair of one address) and its connections."""
+
+    def __init__(self, name: str, handler: Handler, limits: Limits, stats: ConnectionStats) -> None:
+        self.name = name
+        self.handler = handler
+        self.limits = limits
+        self.stats = stats
+        self.cap = limits.cap()
+        self._conns: dict[_Conn, None] = {}  # insertion-ordered set
+        self._warned_full = False
+
+    async def run(self, listeners: list[trio.SocketListener], task_status, started_value) -> None:
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, nursery)
+            task_status.started(started_value)
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        failures = 0
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _CAPACITY_ERRNOS:
+                    raise
+                self.stats.dropped["accept_error"] += 1
+                if failures == 0:
+                    log.warning("http accept failed; retrying with backoff, not logging each failure",
+                                extra=_kv(listener=self.name, error=exc.strerror, connections=len(self._conns)))
+                failures += 1
+                await trio.sleep(min(_BACKOFF[0] * 2 ** min(failures - 1, 10), _BACKOFF[1]))
+                continue
+            if failures:
+                log.info("http accept works again", extra=_kv(listener=self.name, failed_attempts=failures))
+                failures = 0
+            assert isinstance(stream, trio.SocketStream)
+            if not self._make_room():
+                self.stats.dropped["refused"] += 1
+                _refuse(stream)
+                continue
+            conn = _Conn(stream, idle_since=trio.current_time())
+            self._conns[conn] = None
+            self.stats.open = len(self._conns)
+            nursery.start_soon(self._serve, conn)
+
+    def _make_room(self) -> bool:
+        """True when a new connection may be served (closing the longest idle one if needed)."""
+        if len(self._conns) < self.cap:
+            if len(self._conns) <= self.cap // 2:
+                self._warned_full = False
+            return True
+        if not self._warned_full:
+            self._warned_full = True
+            log.warning("http connection cap reached; closing idle connections, refusing when none is idle",
+                        extra=_kv(listener=self.name, max_connections=self.cap))
+        idle = [c for c in self._conns if c.idle_since is not None]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.idle_since)  # type: ignore[arg-type, return-value]
+        self._forget(victim)
+        victim.close_now()
+        self.stats.dropped["evicted"] += 1
+        return True
+
+    def _forget(self, conn: _Conn) -> None:
+        self._conns.pop(conn, None)
+        self.stats.open = len(self._conns)
+
+    async def _serve(self, conn: _Conn) -> None:
+        try:
+            with conn.scope:
+                if await serve_connection(conn.stream, self.handler, limits=self.limits, conn=conn) == "timeout":
+                    self.stats.dropped["timeout"] += 1
+        finally:
+            self._forget(conn)
+
+
+def _refuse(stream: trio.SocketStream) -> None:
+    """Answer 503 without waiting (a fresh socket's send buffer takes it) and close."""
+    sock = stream.socket
+    try:
+        os.write(sock.fileno(), _REFUSED)
+    except OSError:
+        pass
+    sock.close()
 
 
 def _reason(status: int) -> bytes:
@@ -147,45 +280,63 @@ def format_address(host: str, port: int) -> str:
 
 
 # ---- one connection -----------------------------------------------------------------------
-async def serve_connection(stream: trio.abc.Stream, handler: Handler,
-                           *, timeout: Optional[float] = None) -> None:
-    """Answer requests on one connection until the client closes, errs or idles out
-    (``timeout`` seconds without a complete request; default :data:`READ_TIMEOUT`)."""
-    timeout = READ_TIMEOUT if timeout is None else timeout
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+async def serve_connection(stream: trio.abc.Stream, handler: Handler, *, limits: Limits = Limits(),
+                           conn: Optional[_Conn] = None) -> Optional[str]:
+    """Answer requests on one connection until the client closes, errs or times out
+    (``"timeout"`` is returned then). ``conn`` is told when the connection is idle."""
+    h11conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
     try:
         async with stream:
             while True:
+                if conn is not None:
+                    conn.idle_since = trio.current_time()
                 try:
-                    with trio.move_on_after(timeout) as scope:
-                        request = await _read_request(conn, stream)
+                    with trio.move_on_after(limits.idle_timeout) as scope:
+                        request = await _read_request(h11conn, stream, scope, limits, conn)
                     if scope.cancelled_caught:
-                        return
+                        return "timeout"
                 except h11.RemoteProtocolError as exc:
-                    if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                        await _send(conn, stream, "GET", text(exc.error_status_hint, f"bad request: {exc}"))
-                    return
+                    if h11conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                        with trio.move_on_after(limits.send_timeout):
+                            await _send(h11conn, stream, "GET", text(exc.error_status_hint, f"bad request: {exc}"))
+                    return None
                 if request is None:
-                    return
+                    return None
                 method = request.method.decode("ascii", "replace")
                 response = await _respond(handler, method, request.target)
-                await _send(conn, stream, method, response)
-                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                    return
-                conn.start_next_cycle()
+                with trio.move_on_after(limits.send_timeout) as scope:
+                    await _send(h11conn, stream, method, response)
+                if scope.cancelled_caught:
+                    return "timeout"
+                if h11conn.our_state is h11.MUST_CLOSE or h11conn.their_state is h11.MUST_CLOSE:
+                    return None
+                h11conn.start_next_cycle()
     except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
-        return  # the client went away mid-answer; nothing to tell anyone
+        return None  # the client went away mid-answer (or we closed it idle); nothing to tell
 
 
-async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> Optional[h11.Request]:
-    """The next request, its body drained (we take none); None when the client closed."""
+async def _read_request(conn: h11.Connection, stream: trio.abc.Stream, scope: trio.CancelScope,
+                        limits: Limits, state: Optional[_Conn]) -> Optional[h11.Request]:
+    """The next request, its body drained (we take none); None when the client closed.
+
+    Waiting for its first byte is bounded by ``scope`` (the idle timeout); from the first
+    byte on, the whole request by ``request_timeout``.
+    """
     request: Optional[h11.Request] = None
+    started = False
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
             data = await stream.receive_some(_RECEIVE)
+            if data and not started:
+                started = True
+                scope.deadline = trio.current_time() + limits.request_timeout
+                if state is not None:
+                    state.idle_since = None  # busy: not to be evicted
             conn.receive_data(data)  # b"" marks EOF
             continue
+        if not started and state is not None:
+            state.idle_since = None  # a pipelined request already buffered
         if isinstance(event, h11.Request):
             request = event
         elif isinstance(event, h11.EndOfMessage):

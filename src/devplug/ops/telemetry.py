@@ -1,8 +1,9 @@
-"""What the daemon reports about itself: the ``devplug_*`` series and the recent-uevent log.
+"""What the daemon reports about itself: the numbers behind ``/metrics`` and the recent-uevent log.
 
-The daemon calls the ``on_*`` hooks from its trio tasks; each is a few dict operations, so
-the event path stays fast. Scrape-time values (devices per resource and health) are read
-from the inventory only when ``/metrics`` is fetched.
+The daemon and the kubelet adapter call the ``on_*`` hooks from their trio tasks; each only
+records (a dict increment, a histogram bucket index), so the event path stays cheap.
+``ops/metrics.py`` turns the records into Prometheus families when ``/metrics`` is
+scraped, and reads the devices per resource and health from the inventory only then.
 
 Latency (uevent → ListAndWatch send) is measured per stream and per uevent: ``on_event``
 remembers, per resource, which inventory version each uevent produced and when it was
@@ -12,6 +13,7 @@ three uevents records three latencies and a stream's first (initial) send record
 
 from __future__ import annotations
 
+import bisect
 import collections
 import time
 from collections.abc import Callable, Iterable
@@ -19,16 +21,14 @@ from typing import Optional
 
 import attrs
 
-from ..core.inventory import Change, Inventory
-from .metrics import Registry
+from prometheus_client import CollectorRegistry
 
-#: Seconds: 100 µs … 1 s.
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+from ..core.inventory import Change, Inventory
+from .httpserve import ConnectionStats
+from .metrics import LATENCY_BUCKETS, build_registry
+
 EVENT_LOG_SIZE = 256
 _PENDING_PER_RESOURCE = 64
-
-#: Allocate outcomes, as labels.
-ALLOCATE_RESULTS = ("ok", "invalid_argument", "failed_precondition", "error")
 
 
 @attrs.frozen(slots=True)
@@ -69,30 +69,19 @@ class Telemetry:
         self.rules_error: Optional[str] = None
         self._pending: dict[str, collections.deque[tuple[int, int]]] = {}
 
-        r = self.registry = Registry()
-        r.gauge_func("devplug_devices", "Devices in the inventory by resource and health.",
-                     ("resource", "health"), self._device_counts)
-        self.uevents = r.counter("devplug_uevents_total", "Uevents received, by action and subsystem.",
-                                 ("action", "subsystem"))
-        self.latency = r.histogram(
-            "devplug_uevent_to_send_seconds",
-            "Time from receiving a uevent to sending the changed device list on a ListAndWatch stream.",
-            LATENCY_BUCKETS)
-        self.registrations = r.counter("devplug_registrations_total",
-                                       "Registrations with kubelet, by resource and result.", ("resource", "result"))
-        self.kubelet_restarts = r.counter("devplug_kubelet_restarts_total",
-                                          "Kubelet restarts seen (its socket re-created).")
-        self.allocations = r.counter("devplug_allocate_total", "Allocate calls by resource and result.",
-                                     ("resource", "result"))
-        self.reloads = r.counter("devplug_rule_reloads_total", "Rules reloads by result (ok, error).", ("result",))
-        self.rules_valid = r.gauge("devplug_rules_valid",
-                                   "1 when the rules last read were valid, 0 while serving older rules.")
-        self.rules_valid.set(1)
-        self.overflows = r.counter("devplug_netlink_overflows_total",
-                                   "Netlink receive buffer overflows (ENOBUFS): the kernel dropped uevents.")
-        self.resyncs = r.counter("devplug_resyncs_total", "Full re-enumerations by reason.", ("reason",))
-        for result in ("ok", "error"):
-            self.reloads.touch(result)
+        # The records /metrics reports (ops/metrics.py reads them when scraped).
+        self.uevents: collections.Counter[tuple[str, str]] = collections.Counter()  # (action, subsystem)
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, +Inf last; not cumulative
+        self.latency_sum = 0.0
+        self.registrations: collections.Counter[tuple[str, str]] = collections.Counter()  # (resource, result)
+        self.kubelet_restarts = 0
+        self.allocations: collections.Counter[tuple[str, str]] = collections.Counter()  # (resource, result)
+        self.reloads = {"ok": 0, "error": 0}
+        self.rules_valid = True
+        self.overflows = 0
+        self.resyncs: collections.Counter[str] = collections.Counter()  # reason
+        self.listeners: dict[str, ConnectionStats] = {}  # "debug", "metrics": kept by httpserve
+        self.registry: CollectorRegistry = build_registry(self)
 
     # ---- hooks the daemon calls ------------------------------------------------------------
     def on_event(self, action: str, subsystem: Optional[str], devpath: Optional[str],
@@ -102,7 +91,7 @@ class Telemetry:
         ``received_ns`` is ``time.perf_counter_ns()`` taken when the message was read.
         """
         now_ns = self._perf_ns()
-        self.uevents.inc(action, subsystem or "")
+        self.uevents[action, subsystem or ""] += 1
         for resource in change.resources:
             pending = self._pending.get(resource)
             if pending is None:
@@ -115,7 +104,7 @@ class Telemetry:
     def on_resync(self, reason: str, change: Change, started_ns: Optional[int] = None) -> None:
         """A full re-enumeration (``coldplug``, ``overflow``, ``reload``…) was folded in."""
         now_ns = self._perf_ns()
-        self.resyncs.inc(reason)
+        self.resyncs[reason] += 1
         started = now_ns if started_ns is None else started_ns
         self._events.append(("resync", reason, None, None, None, self._clock() - (now_ns - started) / 1e9,
                              now_ns - started, self._changes(change)))
@@ -123,7 +112,7 @@ class Telemetry:
     def on_overflow(self, count: int = 1) -> None:
         """The source saw ``count`` ENOBUFS since the last call (it re-enumerates after)."""
         if count > 0:
-            self.overflows.inc(amount=count)
+            self.overflows += count
 
     def on_sent(self, resource: str, version: int, previous: Optional[int]) -> None:
         """A stream sent ``resource``'s list at ``version``; it had sent ``previous`` before
@@ -136,23 +125,29 @@ class Telemetry:
         now_ns = self._perf_ns()
         for v, received_ns in pending:
             if previous < v <= version:
-                self.latency.observe((now_ns - received_ns) / 1e9)
+                seconds = (now_ns - received_ns) / 1e9
+                self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le is inclusive
+                self.latency_sum += seconds
 
     def on_registration(self, resource: str, ok: bool) -> None:
-        self.registrations.inc(resource, "ok" if ok else "error")
+        self.registrations[resource, "ok" if ok else "error"] += 1
 
     def on_kubelet_restart(self) -> None:
-        self.kubelet_restarts.inc()
+        self.kubelet_restarts += 1
 
     def on_allocate(self, resource: str, result: str) -> None:
-        """``result``: one of :data:`ALLOCATE_RESULTS` (gRPC code names in lower case)."""
-        self.allocations.inc(resource, result)
+        """``result``: ``ok``, ``invalid_argument``, ``failed_precondition`` or ``error``."""
+        self.allocations[resource, result] += 1
 
     def on_reload(self, ok: bool, error: Optional[str] = None) -> None:
         """A rules reload finished; on failure ``error`` is what ``/inventory`` shows."""
-        self.reloads.inc("ok" if ok else "error")
-        self.rules_valid.set(1 if ok else 0)
+        self.reloads["ok" if ok else "error"] += 1
+        self.rules_valid = ok
         self.rules_error = None if ok else (error or "rules invalid")
+
+    def listener(self, name: str) -> ConnectionStats:
+        """The connection counts of listener ``name``, for ``httpserve`` to keep up to date."""
+        return self.listeners.setdefault(name, ConnectionStats())
 
     def recent(self, limit: Optional[int] = None) -> list[EventRecord]:
         """The last ``limit`` (default all kept) uevents and resyncs, oldest first."""
@@ -161,18 +156,14 @@ class Telemetry:
             raw = raw[len(raw) - limit:] if limit > 0 else []
         return [EventRecord(*r[:7], changes=tuple(ChangeRecord(*c) for c in r[7])) for r in raw]
 
+    def device_counts(self) -> Iterable[tuple[str, int, int]]:
+        """``(resource, healthy, unhealthy)`` for every resource, read from the inventory now."""
+        for resource in sorted(self.inventory.resources()):
+            entries = self.inventory.entries(resource)
+            healthy = sum(1 for e in entries if e.healthy)
+            yield resource, healthy, len(entries) - healthy
+
     # ---- internals ------------------------------------------------------------------------
     def _changes(self, change: Change) -> tuple[tuple[str, str, str], ...]:
         get = self.inventory.get
         return tuple((r, i, e.health if (e := get(r, i)) is not None else "removed") for r, i in change.ids)
-
-    def _device_counts(self) -> Iterable[tuple[tuple[str, str], int]]:
-        for resource in sorted(self.inventory.resources()):
-            healthy = unhealthy = 0
-            for e in self.inventory.entries(resource):
-                if e.healthy:
-                    healthy += 1
-                else:
-                    unhealthy += 1
-            yield (resource, "Healthy"), healthy
-            yield (resource, "Unhealthy"), unhealthy

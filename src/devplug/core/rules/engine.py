@@ -272,10 +272,6 @@ class RuleSet:
         self._run(device, action, domain, path_mode, trace)
         return trace
 
-    def matching_rules(self, device: Device, *, action: str = "add",
-                       path_mode: Optional[PathMode] = None) -> tuple[RuleRef, ...]:
-        return self.evaluate(device, action=action, path_mode=path_mode).matched
-
     def evaluate_path(self, path: str, *, domain: str = DEFAULT_DOMAIN,
                       path_mode: Optional[PathMode] = None) -> Claim:
         """HOSTPATH rules against one host path (templates: ``%k`` basename, ``$devnode`` path)."""
