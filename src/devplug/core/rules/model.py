@@ -74,6 +74,8 @@ class Claim:
     when no rule claimed the device (or the last word was ``RESOURCE=""``). Templates
     (``DEVICE_ID``, ``CONTAINER_PATH``, mount paths, env and annotation values) are already
     expanded against the device. ``rule`` is the rule that last set ``RESOURCE``.
+    ``errors`` are the assignments whose templates gave no safe value for this device
+    (``escape``): a claim with errors is refused, never half-offered.
     """
 
     resource: Optional[str]
@@ -87,6 +89,12 @@ class Claim:
     options: frozenset[str] = frozenset()
     rule: Optional[RuleRef] = None
     matched: tuple[RuleRef, ...] = ()
+    errors: tuple[RuleError, ...] = ()
+
+    @property
+    def refused(self) -> bool:
+        """Claimed, but some template gave no safe value: the device must not be offered."""
+        return self.resource is not None and bool(self.errors)
 
     @property
     def resource_name(self) -> Optional[str]:
