@@ -20,10 +20,7 @@ from collections.abc import Sequence
 import attrs
 
 from .inventory import Entry
-
-#: Rule OPTIONS words that add more device nodes to a container.
-OPT_SYMLINKS = "symlinks"
-OPT_USB_NODE = "usb_node"
+from .rules.model import OPT_SYMLINKS, OPT_USB_NODE
 
 
 @attrs.frozen(slots=True)

@@ -13,6 +13,11 @@ import attrs
 DEFAULT_DOMAIN = "devplug.io"
 DEFAULT_PERMISSIONS = "rw"
 
+#: Rule ``OPTIONS`` words (each adds more device nodes to a container: ``core.edits``).
+OPT_SYMLINKS = "symlinks"
+OPT_USB_NODE = "usb_node"
+OPTIONS = frozenset({OPT_SYMLINKS, OPT_USB_NODE})
+
 
 @attrs.frozen(slots=True)
 class Location:
