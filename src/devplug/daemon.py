@@ -63,6 +63,9 @@ class Daemon:
 
     def publish(self, change: Change) -> None:
         """Hand a change to kubelet: new resources get servers, streams wake up."""
+        for refusal in change.refused:  # once per device, whether or not a resource changed
+            log.warning("device refused", extra=kv(**refusal.fields()))
+        self.telemetry.on_refused(change.refused)
         if not change:
             return
         if self.cdi is not None:

@@ -14,6 +14,7 @@ from typing import Optional
 import attrs
 
 from .identity import sanitize_id, share_ids
+from .rules.escape import safe_value
 from .rules.model import Claim
 
 HOSTPATH_PREFIX = "hostpath:"
@@ -51,12 +52,39 @@ class Entry:
 
 
 @attrs.frozen(slots=True)
+class Refusal:
+    """A device a rule claims but that must not be offered: a template gave no safe value
+    for it (``rules.escape``), or a path the kernel gave is unusable.
+
+    ``reason`` names every failing assignment (``file:line:column: KEY: why``); ``rule`` is
+    the ``file:line`` to log and show first. The device has no entry while refused: never
+    half-offered.
+    """
+
+    key: str
+    resource: str
+    rule: Optional[str]
+    reason: str
+    base_id: Optional[str] = None
+    devnode: Optional[str] = None
+    subsystem: Optional[str] = None
+
+    def fields(self) -> dict[str, str]:
+        """Log fields, each safe to print: a host path may hold control characters or bytes
+        that are not UTF-8, and a log line must stay one line."""
+        raw = {"resource": self.resource, "syspath": self.key, "devnode": self.devnode, "id": self.base_id,
+               "rule": self.rule, "reason": self.reason}
+        return {k: safe_value(v, None) for k, v in raw.items() if v is not None}
+
+
+@attrs.frozen(slots=True)
 class Sighting:
     """What the pipeline learned about one device: present or gone, and what rules say.
 
     ``key`` identifies the device as the kernel sees it now (its syspath, or
     ``hostpath:<path>``); ``base_id`` identifies it physically (see ``identity``).
-    A present device with ``resource=None`` is one no rule claims (any more).
+    A present device with ``resource=None`` is one no rule claims (any more); one with a
+    ``refusal`` is claimed but refused, and counts as not there for its entries.
     """
 
     key: str
@@ -70,15 +98,22 @@ class Sighting:
     usb_node: Optional[str] = None
     topology: Optional[str] = None
     hostpath: bool = False
+    refusal: Optional[Refusal] = None
 
 
 @attrs.frozen(slots=True)
 class Change:
     """What one update did: the resources whose device list changed, and the (resource, ID)
-    pairs touched, sorted."""
+    pairs touched, sorted.
+
+    ``refused`` are the refusals this update made or changed (each device once, not again
+    on its next uevent): the daemon logs and counts each; they may come with no resource
+    change at all, so look at them even when the change is empty.
+    """
 
     resources: frozenset[str] = frozenset()
     ids: tuple[tuple[str, str], ...] = ()
+    refused: tuple[Refusal, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.resources)
@@ -100,6 +135,8 @@ class Inventory:
         self._resources: dict[str, _Resource] = {}
         self._bound: dict[str, tuple[str, str]] = {}  # present device key -> (resource, base ID)
         self._holder: dict[tuple[str, str], str] = {}  # (resource, base ID) -> present device key
+        self._refused: dict[str, Refusal] = {}  # present device key -> why it is not offered
+        self._new_refusals: list[Refusal] = []
         self._clock = clock
 
     # ---- queries -------------------------------------------------------------------
@@ -137,6 +174,10 @@ class Inventory:
     def present_keys(self) -> frozenset[str]:
         return frozenset(self._bound)
 
+    def refused(self) -> tuple[Refusal, ...]:
+        """Present devices a rule claims but that are not offered, by device key."""
+        return tuple(self._refused[k] for k in sorted(self._refused))
+
     def bound_resources(self) -> frozenset[str]:
         """Resources that hold at least one device present right now."""
         return frozenset(resource for resource, _base in self._holder)
@@ -160,7 +201,7 @@ class Inventory:
         for s in sightings:
             seen.add(s.key)
             self._apply(s, touched)
-        for key in list(self._bound):
+        for key in list(self._bound) + list(self._refused):
             if key not in seen and key.startswith(HOSTPATH_PREFIX) == hostpath:
                 self._apply(Sighting(key=key, present=False), touched)
         return self._finish(touched)
@@ -168,7 +209,8 @@ class Inventory:
     def forget(self, resources: Iterable[str]) -> Change:
         """Drop whole resources (no rule names them any more)."""
         touched: dict[str, set[str]] = {}
-        for name in resources:
+        names = frozenset(resources)
+        for name in names:
             r = self._resources.pop(name, None)
             if r is None:
                 continue
@@ -177,10 +219,17 @@ class Inventory:
                 key = self._holder.pop((name, base), None)
                 if key is not None:
                     del self._bound[key]
+        for key, refusal in list(self._refused.items()):
+            if refusal.resource in names:
+                del self._refused[key]
         return self._finish(touched)
 
     # ---- internals -----------------------------------------------------------------
     def _apply(self, s: Sighting, touched: dict[str, set[str]]) -> None:
+        if s.present and s.refusal is not None:
+            self._refuse(s.refusal, touched)
+            return
+        self._refused.pop(s.key, None)
         if s.present and s.resource and s.base_id and s.claim:
             self._claim(s, touched)
             return
@@ -241,6 +290,16 @@ class Inventory:
                 res.entries[i] = new
                 touched.setdefault(s.resource, set()).add(i)
 
+    def _refuse(self, refusal: Refusal, touched: dict[str, set[str]]) -> None:
+        """Not offered: IDs it had turn Unhealthy (a pod may hold one), as if it were gone."""
+        bound = self._bound.pop(refusal.key, None)
+        if bound is not None:
+            self._holder.pop(bound, None)
+            self._mark_unhealthy(bound, touched)
+        if self._refused.get(refusal.key) != refusal:
+            self._refused[refusal.key] = refusal
+            self._new_refusals.append(refusal)
+
     def _disambiguate(self, s: Sighting, base: str) -> str:
         """Two different present devices computed the same ID: suffix the newcomer."""
         holder_key = self._holder.get((s.resource or "", base))
@@ -277,4 +336,5 @@ class Inventory:
                 r.version += 1
                 r.snapshot = None
         ids = tuple((name, i) for name in sorted(touched) for i in sorted(touched[name]))
-        return Change(resources=frozenset(touched), ids=ids)
+        refused, self._new_refusals = tuple(self._new_refusals), []
+        return Change(resources=frozenset(touched), ids=ids, refused=refused)

@@ -19,7 +19,7 @@ from typing import Optional
 
 import attrs
 
-from ..core.inventory import Change, Inventory
+from ..core.inventory import Change, Inventory, Refusal
 from .metrics import Registry
 
 #: Seconds: 100 µs … 1 s.
@@ -93,6 +93,10 @@ class Telemetry:
         self.resyncs = r.counter("devplug_resyncs_total", "Full re-enumerations by reason.", ("reason",))
         for result in ("ok", "error"):
             self.reloads.touch(result)
+        # Refused devices (issue 10): the hook is on_refused, below.
+        self.refused = r.counter("devplug_devices_refused_total",
+                                 "Claimed devices not offered because a rule's template gave no safe value "
+                                 "for them (each counted once, when refused), by resource.", ("resource",))
 
     # ---- hooks the daemon calls ------------------------------------------------------------
     def on_event(self, action: str, subsystem: Optional[str], devpath: Optional[str],
@@ -153,6 +157,11 @@ class Telemetry:
         self.reloads.inc("ok" if ok else "error")
         self.rules_valid.set(1 if ok else 0)
         self.rules_error = None if ok else (error or "rules invalid")
+
+    def on_refused(self, refusals: Iterable[Refusal]) -> None:
+        """Devices a rule claims that are not offered (``Change.refused``: each device once)."""
+        for refusal in refusals:
+            self.refused.inc(refusal.resource)
 
     def recent(self, limit: Optional[int] = None) -> list[EventRecord]:
         """The last ``limit`` (default all kept) uevents and resyncs, oldest first."""

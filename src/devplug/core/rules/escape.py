@@ -157,14 +157,15 @@ def _escaped(c: str) -> str:
     return "".join(f"\\x{b:02x}" for b in c.encode())
 
 
-def safe_value(value: str) -> str:
-    """An environment or annotation value that any runtime and any RPC accepts."""
+def safe_value(value: str, limit: Optional[int] = MAX_VALUE_BYTES) -> str:
+    """An environment or annotation value that any runtime and any RPC accepts (with
+    ``limit=None``: any string made safe to log, whole)."""
     out: list[str] = []
     size = 0
     for c in value:
         piece = _escaped(c) if _bad_char(c) else c
         n = len(piece.encode())
-        if size + n > MAX_VALUE_BYTES:
+        if limit is not None and size + n > limit:
             break
         out.append(piece)
         size += n
