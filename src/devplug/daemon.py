@@ -65,6 +65,8 @@ class Daemon:
         """Hand a change to kubelet: new resources get servers, streams wake up."""
         for refusal in change.refused:  # once per device, whether or not a resource changed
             log.warning("device refused", extra=kv(**refusal.fields()))
+        for twin in change.twins:
+            log.warning("devices derive the same ID, told apart by kernel path", extra=kv(**twin.fields()))
         self.telemetry.on_refused(change.refused)
         if not change:
             return

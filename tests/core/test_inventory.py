@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+from devplug.core.identity import twin_id
 from devplug.core.inventory import Inventory, Sighting
 from devplug.core.rules.model import Claim
 
@@ -92,16 +93,52 @@ def test_share_offers_n_ids_with_shared_health():
     assert [(e.id, e.health) for e in inv.entries(R)] == [("fuse-s0", "Healthy"), ("fuse-s1", "Healthy")]
 
 
-def test_same_id_from_two_present_devices_is_disambiguated():
+X, Y = "/sys/x/ttyUSB0", "/sys/y/ttyUSB1"
+TX, TY = twin_id("same", X), twin_id("same", Y)
+
+
+def test_two_present_devices_with_the_same_id_are_both_told_apart_whoever_came_first():
+    """Before: the second to arrive got 'same-ttyUSB1', so which device held 'same' depended
+    on arrival order (and changed after a restart)."""
     inv = Inventory(clock=_clock())
-    inv.apply(seen("/sys/x/ttyUSB0", base="same"))
-    inv.apply(seen("/sys/y/ttyUSB1", base="same", devnode="/dev/ttyUSB1"))
-    ids = [e.id for e in inv.entries(R)]
-    assert ids == ["same", "same-ttyUSB1"]
-    # The second device sending again keeps its suffixed ID.
-    assert not inv.apply(seen("/sys/y/ttyUSB1", base="same", devnode="/dev/ttyUSB1"))
-    inv.apply(gone("/sys/y/ttyUSB1"))
-    assert [(e.id, e.health) for e in inv.entries(R)] == [("same", "Healthy"), ("same-ttyUSB1", "Unhealthy")]
+    first = inv.apply(seen(X, base="same"))
+    assert [e.id for e in inv.entries(R)] == ["same"] and first.twins == ()
+    change = inv.apply(seen(Y, base="same", devnode="/dev/ttyUSB1"))
+    assert {(t.key, t.id) for t in change.twins} == {(X, TX), (Y, TY)}  # logged: both tagged
+    assert TX == "same:" + TX.split(":")[1] and len(TX.split(":")[1]) == 8
+    health = {e.id: (e.health, e.devnode) for e in inv.entries(R)}
+    # The plain ID named one device, so it turns Unhealthy (a pod may hold it) rather than
+    # silently pointing at the other one.
+    assert health == {"same": ("Unhealthy", "/dev/ttyUSB0"), TX: ("Healthy", "/dev/ttyUSB0"),
+                      TY: ("Healthy", "/dev/ttyUSB1")}
+    assert inv.binding(X) == (R, TX) and inv.binding(Y) == (R, TY)
+    # Sending again changes nothing; the other order gives the same tagged IDs.
+    assert not inv.apply(seen(Y, base="same", devnode="/dev/ttyUSB1"))
+    other = Inventory(clock=_clock())
+    other.apply(seen(Y, base="same", devnode="/dev/ttyUSB1"))
+    other.apply(seen(X, base="same"))
+    assert {e.id for e in other.entries(R) if e.healthy} == {TX, TY}
+
+
+def test_a_restart_gives_the_same_ids_and_offers_no_plain_id_to_take_back():
+    inv = Inventory(clock=_clock())
+    change = inv.resync([seen(Y, base="same", devnode="/dev/ttyUSB1"), seen(X, base="same")])
+    assert [(e.id, e.health) for e in inv.entries(R)] == sorted([(TX, "Healthy"), (TY, "Healthy")])
+    assert len(change.twins) == 2
+
+
+def test_a_tag_stays_while_its_device_stays_and_goes_at_its_next_arrival_alone():
+    inv = Inventory(clock=_clock())
+    inv.apply(seen(X, base="same"), seen(Y, base="same", devnode="/dev/ttyUSB1"))
+    inv.apply(gone(Y))
+    # No flapping: X keeps the ID a pod may have been given.
+    assert inv.binding(X) == (R, TX)
+    assert not inv.apply(seen(X, base="same"))
+    # Unplugged and back without its twin: the plain ID again.
+    inv.apply(gone(X))
+    inv.apply(seen(X, base="same"))
+    assert inv.binding(X) == (R, "same")
+    assert {e.id: e.health for e in inv.entries(R)} == {"same": "Healthy", TX: "Unhealthy", TY: "Unhealthy"}
 
 
 def test_resync_marks_vanished_devices_and_adds_new_ones():
