@@ -215,3 +215,71 @@ def test_incremental_state_matches_a_simple_model():
                 assert got == sorted(want.get(r, [])), (r, steps)
 
     run()
+
+
+# ---- collect: a gadget replugging with new serials cannot grow the inventory (issue 10) -----
+
+def _replugs(inv, n, start=0):
+    """n gadgets that came and went, each with its own serial (one Unhealthy ID each)."""
+    for k in range(start, start + n):
+        inv.apply(seen(f"/sys/g{k}", base=f"gadget-{k}"))
+        inv.apply(gone(f"/sys/g{k}"))
+
+
+def test_collect_forgets_unheld_unhealthy_ids_after_the_grace_period():
+    t = [100.0]
+    inv = Inventory(clock=lambda: t[0])
+    inv.apply(seen("/sys/live", base="live"))
+    _replugs(inv, 3)  # Unhealthy since t=100
+    held = frozenset({(R, "gadget-1")})
+    t[0] = 150.0
+    assert not inv.collect(150.0, grace=60, in_use=held, cap=100)  # within the grace period
+    change = inv.collect(160.0, grace=60, in_use=held, cap=100)
+    assert change.ids == ((R, "gadget-0"), (R, "gadget-2")) and change.forgotten == 2
+    assert [e.id for e in inv.entries(R)] == ["gadget-1", "live"]  # a pod holds gadget-1; live is Healthy
+    assert inv.forgotten_total == 2
+    # Forgotten is not banned: the same gadget back gets its ID again.
+    inv.apply(seen("/sys/g0", base="gadget-0"))
+    assert inv.get(R, "gadget-0").healthy
+
+
+def test_collect_without_pod_resources_keeps_ids_but_caps_them_oldest_first():
+    t = [0.0]
+    inv = Inventory(clock=lambda: t[0])
+    for k in range(5):
+        t[0] = float(k)
+        _replugs(inv, 1, start=k)
+    inv.apply(seen("/sys/live", base="live"))
+    assert not inv.collect(1e9, grace=1, in_use=None, cap=5)  # age alone forgets nothing
+    change = inv.collect(1e9, grace=1, in_use=None, cap=2)
+    assert change.forgotten == 3 and [i for _r, i in change.ids] == ["gadget-0", "gadget-1", "gadget-2"]
+    assert [e.id for e in inv.entries(R)] == ["gadget-3", "gadget-4", "live"]
+
+
+def test_collect_caps_per_resource_and_keeps_what_pods_hold():
+    other = "devplug.io/other"
+    inv = Inventory(clock=_clock())
+    for k in range(4):
+        inv.apply(seen(f"/sys/a{k}", base=f"a{k}"), seen(f"/sys/b{k}", base=f"b{k}", resource=other,
+                                                          claim=Claim(resource=other)))
+        inv.apply(gone(f"/sys/a{k}"), gone(f"/sys/b{k}"))
+    held = frozenset({(R, "a0")})
+    inv.collect(0.0, grace=1e9, in_use=held, cap=1)
+    assert [e.id for e in inv.entries(R)] == ["a0", "a3"]  # held, plus the newest unheld one
+    assert [e.id for e in inv.entries(other)] == ["b3"]
+
+
+def test_collect_forgets_share_copies_one_by_one_and_the_plain_id_of_twins():
+    inv = Inventory(clock=_clock())
+    inv.apply(seen("/sys/f", base="fuse", claim=Claim(resource=R, share=3)))
+    inv.apply(gone("/sys/f"))
+    inv.collect(1e9, grace=0, in_use=frozenset({(R, "fuse-s1")}), cap=10)
+    assert [e.id for e in inv.entries(R)] == ["fuse-s1"]
+    inv.apply(seen("/sys/f", base="fuse", claim=Claim(resource=R, share=3)))
+    assert [(e.id, e.health) for e in inv.entries(R)] == [(f"fuse-s{k}", "Healthy") for k in range(3)]
+    # Twins: the plain ID that turned Unhealthy has no device behind it any more.
+    inv.apply(seen(X, base="same"))
+    inv.apply(seen(Y, base="same"))
+    assert inv.get(R, "same") is not None
+    inv.collect(1e9, grace=0, in_use=frozenset(), cap=10)
+    assert {e.id for e in inv.entries(R)} == {"fuse-s0", "fuse-s1", "fuse-s2", TX, TY}

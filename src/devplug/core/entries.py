@@ -129,13 +129,14 @@ class Change:
     ``refused`` are the refusals this update made or changed (each device once, not again
     on its next uevent): the daemon logs and counts each; they may come with no resource
     change at all, so look at them even when the change is empty. ``twins`` are the devices
-    this update told apart from a twin (log each).
+    this update told apart from a twin (log each); ``forgotten`` the IDs ``collect`` dropped.
     """
 
     resources: frozenset[str] = frozenset()
     ids: tuple[tuple[str, str], ...] = ()
     refused: tuple[Refusal, ...] = ()
     twins: tuple[Twin, ...] = ()
+    forgotten: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.resources)

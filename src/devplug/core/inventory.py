@@ -7,7 +7,9 @@ ListAndWatch and Allocate costs nothing per event for untouched resources.
 Devices are untrusted (a USB gadget picks its own serial and can replug forever), so:
 IDs are unique by construction (``identity``: two present devices that derive the same ID
 are both told apart by a tag of their kernel path, whichever came first); a refused device
-has no entry (``Refusal``).
+has no entry (``Refusal``); and Unhealthy IDs do not pile up: :meth:`Inventory.collect`
+forgets those no pod holds after a grace period, and caps them per resource while it cannot
+know which pods hold what.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class _Update:
     touched: dict[str, set[str]] = attrs.field(factory=dict)
     refused: list[Refusal] = attrs.field(factory=list)
     twins: list[Twin] = attrs.field(factory=list)
+    forgotten: int = 0
 
     def touch(self, resource: str, device_id: str) -> None:
         self.touched.setdefault(resource, set()).add(device_id)
@@ -58,7 +61,10 @@ def _twins_in(sightings: Iterable[Sighting]) -> frozenset[tuple[str, str]]:
 
 
 class Inventory:
-    """Device ID → Entry per resource, with versioned, cached snapshots."""
+    """Device ID → Entry per resource, with versioned, cached snapshots.
+
+    ``forgotten_total`` counts the IDs :meth:`collect` has forgotten (for a metric).
+    """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._resources: dict[str, _Resource] = {}
@@ -68,6 +74,7 @@ class Inventory:
         self._derivers: dict[tuple[str, str], set[str]] = {}  # (resource, derived base) -> present keys
         self._refused: dict[str, Refusal] = {}  # present device key -> why it is not offered
         self._clock = clock
+        self.forgotten_total = 0
 
     # ---- queries -------------------------------------------------------------------
     def resources(self) -> frozenset[str]:
@@ -153,6 +160,30 @@ class Inventory:
         for key, refusal in list(self._refused.items()):
             if refusal.resource in names:
                 del self._refused[key]
+        return self._finish(u)
+
+    def collect(self, now: float, *, grace: float, in_use: Optional[frozenset[tuple[str, str]]],
+                cap: int) -> Change:
+        """Forget Unhealthy IDs of devices that are gone, so a gadget replugging with a new
+        serial forever cannot grow the inventory (and every ListAndWatch message) forever.
+
+        ``in_use`` are the (resource, ID) pairs pods hold (kubelet's PodResources ``List``);
+        ``None`` when that API cannot be reached. Known: an Unhealthy ID no pod holds is
+        forgotten once it has been Unhealthy for ``grace`` seconds. Unknown: nothing is
+        forgotten for age. Either way at most ``cap`` Unhealthy IDs per resource that no pod
+        is known to hold are kept, the oldest forgotten first. The change counts what went
+        (``Change.forgotten``; ``forgotten_total`` adds it up).
+        """
+        u = _Update()
+        for name, res in self._resources.items():
+            gone = [e for e in res.entries.values() if not e.healthy and (name, e.physical) not in self._holder]
+            if in_use is not None:
+                gone = [e for e in gone if (name, e.id) not in in_use]
+                self._forget_ids(res, [e for e in gone if now - e.since >= grace], u)
+                gone = [e for e in gone if now - e.since < grace]
+            if len(gone) > cap:
+                gone.sort(key=lambda e: (e.since, e.id))
+                self._forget_ids(res, gone[: len(gone) - max(cap, 0)], u)
         return self._finish(u)
 
     # ---- internals -----------------------------------------------------------------
@@ -303,11 +334,25 @@ class Inventory:
                 res.entries[i] = attrs.evolve(e, healthy=False, since=now)
                 u.touch(resource, i)
 
+    def _forget_ids(self, res: _Resource, entries: Iterable[Entry], u: _Update) -> None:
+        for e in entries:
+            del res.entries[e.id]
+            res.order = None
+            left = tuple(i for i in res.physical[e.physical] if i != e.id)
+            if left:
+                res.physical[e.physical] = left
+            else:
+                del res.physical[e.physical]
+            u.touch(e.resource, e.id)
+            u.forgotten += 1
+
     def _finish(self, u: _Update) -> Change:
         for name in u.touched:
             r = self._resources.get(name)
             if r is not None:
                 r.version += 1
                 r.snapshot = None
+        self.forgotten_total += u.forgotten
         ids = tuple((name, i) for name in sorted(u.touched) for i in sorted(u.touched[name]))
-        return Change(resources=frozenset(u.touched), ids=ids, refused=tuple(u.refused), twins=tuple(u.twins))
+        return Change(resources=frozenset(u.touched), ids=ids, refused=tuple(u.refused), twins=tuple(u.twins),
+                      forgotten=u.forgotten)
