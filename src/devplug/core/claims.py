@@ -32,14 +32,15 @@ def refusal(key: str, claim: Claim, *, base_id: Optional[str] = None, devnode: O
             node_root: str = "/dev") -> Optional[Refusal]:
     """Why a claimed device must not be offered, or ``None``.
 
-    Template errors (``Claim.errors``) come first, with their ``file:line:column``. Then the
+    Template errors (``Claim.errors``) come first, with their ``file:line:column`` (``rule``
+    is the ``file:line`` where the first one's rule starts). Then the
     paths the kernel and udev gave, which a container gets as they are: the node (under
     ``node_root``), and the symlinks and USB node when the rule's OPTIONS ask for them.
     """
     assert claim.resource is not None
     if claim.errors:
-        first = claim.errors[0].location
-        return Refusal(key=key, resource=claim.resource, rule=f"{first.file}:{first.line}",
+        rule = claim.error_rule or claim.rule
+        return Refusal(key=key, resource=claim.resource, rule=str(rule) if rule else None,
                        reason="; ".join(str(e) for e in claim.errors), base_id=base_id,
                        devnode=devnode, subsystem=subsystem)
     paths = [devnode] if devnode else []

@@ -57,8 +57,8 @@ class _Claim:
 
     def __init__(self) -> None:
         self.values: dict[str, Optional[str]] = {}
-        self.errors: dict[str, RuleError] = {}  # slot -> why its final value is unusable
-        self.mount_errors: list[RuleError] = []
+        self.errors: dict[str, tuple[RuleError, RuleRef]] = {}  # slot -> why its value is unusable
+        self.mount_errors: list[tuple[RuleError, RuleRef]] = []
         self.final: set[str] = set()
         self.mounts: list[Mount] = []
         self.envs: dict[str, str] = {}
@@ -102,7 +102,7 @@ class _Claim:
                     self.values[key] = escape.expand_path(a.templates[0], ev.device, ev.dev_parent, ev.env,
                                                           default_root=escape.CONTAINER_ROOT)
                 except escape.SubstitutionError as exc:
-                    self.errors[key] = RuleError(a.location, f"CONTAINER_PATH: {exc}")
+                    self.errors[key] = (RuleError(a.location, f"CONTAINER_PATH: {exc}"), ref)
         elif key == "MOUNT":
             if a.op != "+=":
                 self.mounts.clear()
@@ -112,7 +112,7 @@ class _Claim:
                     host, container = (escape.expand_path(t, ev.device, ev.dev_parent, ev.env)
                                        for t in a.templates)
                 except escape.SubstitutionError as exc:
-                    self.mount_errors.append(RuleError(a.location, f"MOUNT: {exc}"))
+                    self.mount_errors.append((RuleError(a.location, f"MOUNT: {exc}"), ref))
                 else:
                     mount = Mount(host, container, a.read_only)
                     self.mounts[:] = [m for m in self.mounts if m.container_path != container] + [mount]
@@ -130,6 +130,7 @@ class _Claim:
 
     def result(self, domain: str) -> Claim:
         resource = self.values.get("RESOURCE")
+        failed = list(self.errors.values()) + self.mount_errors if resource else []
         return Claim(
             resource=full_resource(resource, domain) if resource else None,
             permissions=self.values.get("PERMISSIONS") or DEFAULT_PERMISSIONS,
@@ -142,7 +143,8 @@ class _Claim:
             options=frozenset(self.options),
             rule=self.rule if resource else None,
             matched=tuple(self.matched),
-            errors=(tuple(self.errors.values()) + tuple(self.mount_errors)) if resource else (),
+            errors=tuple(e for e, _ref in failed),
+            error_rule=failed[0][1] if failed else None,
         )
 
 

@@ -80,7 +80,8 @@ class Claim:
     (``DEVICE_ID``, ``CONTAINER_PATH``, mount paths, env and annotation values) are already
     expanded against the device. ``rule`` is the rule that last set ``RESOURCE``.
     ``errors`` are the assignments whose templates gave no safe value for this device
-    (``escape``): a claim with errors is refused, never half-offered.
+    (``escape``): a claim with errors is refused, never half-offered. ``error_rule`` is the
+    rule of the first.
     """
 
     resource: Optional[str]
@@ -95,6 +96,7 @@ class Claim:
     rule: Optional[RuleRef] = None
     matched: tuple[RuleRef, ...] = ()
     errors: tuple[RuleError, ...] = ()
+    error_rule: Optional[RuleRef] = None
 
     @property
     def refused(self) -> bool:
