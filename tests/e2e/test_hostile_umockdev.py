@@ -119,3 +119,59 @@ def test_hostile_gadgets_are_escaped_or_refused_never_half_offered(tmp_path, bed
     finally:
         rc, _ = dp.stop()
     assert rc == 0, dp.log()
+
+
+ID_RULES = """\
+SUBSYSTEM=="tty", ATTRS{idVendor}=="0403", RESOURCE="dongle", DEVICE_ID="%s{serial}"
+SUBSYSTEM=="tty", ATTRS{serial}=="X", SHARE="2"
+"""
+
+
+def test_ids_collide_neither_with_share_copies_nor_between_clones_and_survive_a_restart(
+        tmp_path, bed, kubelet, plugin_dir):
+    """Old: B's serial 'X-s0' took over A's first SHARE copy, and of two clones the second to
+    arrive got '<serial>-ttyUSBn' (so a restart could swap them)."""
+    from devplug.core.identity import twin_id
+    from tests.e2e.conftest import Devplug
+
+    rules = tmp_path / "ids.rules"
+    rules.write_text(ID_RULES)
+
+    def start(n: int) -> Devplug:
+        return Devplug(plugin_dir, rules, "--udev-source", "udev", log_path=tmp_path / f"devplug-{n}.log",
+                       env=bed.env())
+
+    a = umock.plug_ftdi(bed, tty="ttyUSB0", port="1-1", devnum=2, serial="X")
+    b = umock.plug_ftdi(bed, tty="ttyUSB1", port="1-2", devnum=3, serial="X-s0")
+    c1 = umock.plug_ftdi(bed, tty="ttyUSB2", port="1-3", devnum=4, serial="CLONE")
+    dp = start(0)
+    try:
+        watch = kubelet.wait_watch(DONGLE, timeout=15)
+        watch.wait_for(lambda dl: len(dl.ids) == 4, timeout=15)
+        c2 = umock.plug_ftdi(bed, tty="ttyUSB3", port="1-4", devnum=5, serial="CLONE")  # a twin arrives later
+        # Both clones are told apart by their kernel path, whichever came first.
+        tag = {c.devices[-1].devnode[5:]: twin_id("CLONE", "/sys" + c.devices[-1].devpath) for c in (c1, c2)}
+        want = {"X-s0": "Healthy", "X-s1": "Healthy", "X_s0": "Healthy", "CLONE": "Unhealthy",
+                tag["ttyUSB2"]: "Healthy", tag["ttyUSB3"]: "Healthy"}
+        watch.wait_for(lambda dl: dl.as_dict() == want, timeout=15)
+        assert "devices derive the same ID" in dp.log()
+        # B leaving touches only B's ID.
+        umock.unplug(bed, b)
+        want["X_s0"] = "Unhealthy"
+        watch.wait_for(lambda dl: dl.as_dict() == want, timeout=15)
+        (ca,) = kubelet.allocate(DONGLE, ["X-s0"]).container_responses
+        assert [d.host_path for d in ca.devices] == ["/dev/ttyUSB0"]
+    finally:
+        rc, _ = dp.stop()
+    assert rc == 0, dp.log()
+    # A restart: the same devices get the same IDs (Unhealthy ones are not remembered).
+    dp = start(1)
+    try:
+        watch = kubelet.wait_watch(DONGLE, not_before=watch, timeout=15)
+        restarted = watch.wait_for(lambda dl: len(dl.ids) == 4, timeout=15)
+        assert restarted.as_dict() == {"X-s0": "Healthy", "X-s1": "Healthy", tag["ttyUSB2"]: "Healthy",
+                                       tag["ttyUSB3"]: "Healthy"}
+        assert a  # plugged throughout
+    finally:
+        rc, _ = dp.stop()
+    assert rc == 0, dp.log()
