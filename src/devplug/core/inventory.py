@@ -209,7 +209,9 @@ class Inventory:
         resource, base = s.resource, s.base_id
         previous = self._bound.get(s.key)
         same_identity = previous is not None and previous[0] == resource and self._derived.get(s.key) == base
-        others = self._derivers.get((resource, base), set()) - {s.key}
+        derivers = self._derivers.get((resource, base))
+        # The common case (no twin) allocates nothing: this runs on every uevent.
+        others = derivers - {s.key} if derivers and (len(derivers) > 1 or s.key not in derivers) else ()
         if others or (resource, base) in u.twins_in_batch:
             physical = self._twin(resource, base, s.key)
         elif same_identity:
