@@ -166,14 +166,21 @@ class Plugged:
 
 def _record(devpath: str, *, subsystem: str, props: dict[str, str] = {},
             attrs_: dict[str, str] = {}, links: dict[str, str] = {},
-            node: Optional[str] = None, node_contents: Optional[str] = None) -> str:
+            node: Optional[str] = None, node_contents: Optional[str] = None,
+            binary: dict[str, bytes] = {}) -> str:
     lines = [f"P: {devpath}", f"E: SUBSYSTEM={subsystem}"]
     lines += [f"E: {k}={v}" for k, v in props.items()]
-    lines += [f"A: {k}={v}" for k, v in attrs_.items()]
+    lines += [f"A: {k}={_escape_attr(v)}" for k, v in attrs_.items()]
+    lines += [f"H: {k}={v.hex().upper()}" for k, v in binary.items()]  # any bytes, as sysfs gives them
     lines += [f"L: {k}={v}" for k, v in links.items()]
     if node is not None:
         lines.append(f"N: {node}" + (f"={node_contents}" if node_contents else ""))
     return "\n".join(lines) + "\n"
+
+
+def _escape_attr(value: str) -> str:
+    """umockdev-record's A: lines take C escapes: a newline or backslash in a value must be escaped."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def _driver_link(devpath: str, bus: str, driver: str) -> str:
@@ -208,23 +215,29 @@ def ensure_host_controller(bed: MockBed) -> None:
     bed._host_added = True  # type: ignore[attr-defined]
 
 
-def _usb_device(port: str, devnum: int, vid: str, pid: str, *, serial: Optional[str],
-                manufacturer: str, product: str, bcd: str = "0600",
+def _usb_device(port: str, devnum: int, vid: str, pid: str, *, serial: Optional[str | bytes],
+                manufacturer: str, product: str | bytes, bcd: str = "0600",
                 dev_class: str = "00") -> tuple[MockDevice, str]:
+    """A USB device whose strings are ours to choose; ``bytes`` strings reach sysfs as they
+    are (umockdev's binary ``H:`` attributes), so they may be anything a gadget sends."""
     devpath = f"{PCI_HOST}/usb1/{port}"
     node = f"bus/usb/001/{devnum:03d}"
     attrs_ = {"idVendor": vid, "idProduct": pid, "bcdDevice": bcd, "busnum": "1",
-              "devnum": str(devnum), "manufacturer": manufacturer, "product": product,
+              "devnum": str(devnum), "manufacturer": manufacturer,
               "bDeviceClass": dev_class, "speed": "12", "dev": f"189:{devnum - 1}"}
-    if serial is not None:
-        attrs_["serial"] = serial
+    binary: dict[str, bytes] = {}
+    for name, value in (("serial", serial), ("product", product)):
+        if isinstance(value, bytes):
+            binary[name] = value
+        elif value is not None:
+            attrs_[name] = value
     props = {"DEVTYPE": "usb_device", "DRIVER": "usb",
              "PRODUCT": f"{vid.lstrip('0')}/{pid.lstrip('0')}/{bcd.lstrip('0')}",
              "DEVNAME": f"/dev/{node}", "BUSNUM": "001", "DEVNUM": f"{devnum:03d}",
              "MAJOR": "189", "MINOR": str(devnum - 1)}
     rec = _record(devpath, subsystem="usb", props=props, attrs_=attrs_,
                   links={"driver": _driver_link(devpath, "usb", "usb")},
-                  node=node, node_contents="00")
+                  node=node, node_contents="00", binary=binary)
     return MockDevice(devpath, f"/dev/{node}"), rec
 
 
@@ -243,11 +256,13 @@ def _usb_interface(usb: MockDevice, number: int, cls: str, sub: str, proto: str,
 
 
 def plug_ftdi(bed: MockBed, *, tty: str = "ttyUSB0", port: str = "1-1", devnum: int = 2,
-              serial: str = "A10K1ABC") -> Plugged:
-    """An FTDI FT232R USB serial adapter (0403:6001): usb device, interface, port, tty node."""
+              serial: Optional[str | bytes] = "A10K1ABC", product: str | bytes = "FT232R USB UART") -> Plugged:
+    """An FTDI FT232R USB serial adapter (0403:6001): usb device, interface, port, tty node.
+
+    ``serial`` and ``product`` are what the gadget claims (``bytes``: raw, maybe not UTF-8)."""
     ensure_host_controller(bed)
     usb = _usb_device(port, devnum, "0403", "6001", serial=serial, manufacturer="FTDI",
-                      product="FT232R USB UART")
+                      product=product)
     iface = _usb_interface(usb[0], 0, "ff", "ff", "ff", "ftdi_sio")
     port_path = f"{iface[0].devpath}/{tty}"
     serial_port = (MockDevice(port_path), _record(
@@ -283,6 +298,14 @@ def plug_uvc_camera(bed: MockBed, *, port: str = "1-3", devnum: int = 4,
                     "dev_debug": "0"},
             node=f"video{n}", node_contents="00")))
     return _plug(bed, [usb, control, streaming, *nodes])
+
+
+def set_property(bed: MockBed, dev: MockDevice, key: str, value: bytes) -> None:
+    """Give a device a property with raw bytes (its sysfs ``uevent`` file) and send ``change``:
+    the event, enumeration and libudev all see it, as they would a property udevd stored."""
+    with open(bed.root + _sys(dev.devpath) + "/uevent", "ab") as f:
+        f.write(key.encode() + b"=" + value + b"\n")
+    bed.uevent(dev.devpath, "change")
 
 
 def unplug(bed: MockBed, plugged: Plugged) -> None:

@@ -16,14 +16,15 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Optional, Protocol
 
 import trio
-import trio_asyncio
 
 from .config import Config
 from .core.claims import Pipeline
 from .core.device import Device, PathMode
 from .core.inventory import Change, Inventory
+from .core.view import PublishedView
 from .core.rules import RulesError, RuleSet
 from .kubelet import KubeletAdapter
+from .lib import aio
 from .lib.logs import kv
 from .ops import debug
 from .ops.cdi import CdiWriter
@@ -63,9 +64,11 @@ class Daemon:
         self.monitor_running = False
         self.pipeline = Pipeline(ruleset, self.inventory, domain=config.domain, path_mode=paths)
         self.cdi = CdiWriter(config.cdi_spec_dir, vendor_domain=config.domain) if config.cdi_spec_dir else None
+        # With CDI, kubelet lists what was published after the specs were written.
+        self.view = PublishedView(self.inventory) if self.cdi else None
         self.kubelet = KubeletAdapter(
             plugin_dir=config.plugin_dir,
-            inventory=self.inventory,
+            inventory=self.view or self.inventory,
             pre_start_check=config.pre_start_check,
             register=config.register,
             cdi=self.cdi.qualified_names if self.cdi else None,
@@ -93,6 +96,11 @@ class Daemon:
 
         With CDI, the streams wake only after the specs are written (a worker thread does
         the fsync), so any ID kubelet can allocate is already in the spec."""
+        for refusal in change.refused:  # once per device, whether or not a resource changed
+            log.warning("device refused", extra=kv(**refusal.fields()))
+        for twin in change.twins:
+            log.warning("devices derive the same ID, told apart by kernel path", extra=kv(**twin.fields()))
+        self.telemetry.on_refused(change.refused)
         if not change:
             return
         # A resource the change dropped (forgotten on reload) must not come back here.
@@ -114,22 +122,25 @@ class Daemon:
             pending, self._cdi_pending = self._cdi_pending, set()
             if not pending:
                 return
-            present = self.inventory.resources()
+            assert self.view is not None
             # Entry tuples are immutable snapshots: safe to hand to the worker thread.
-            specs = {r: (self.inventory.entries(r) if r in present else None) for r in sorted(pending)}
+            snapshot = self.view.snapshot(sorted(pending))
 
             def write() -> None:
-                for resource, entries in specs.items():
+                for resource, state in snapshot.items():
                     try:
-                        if entries is None:
+                        if state is None:
                             cdi.remove(resource)
                         else:
-                            cdi.update(resource, entries)
+                            cdi.update(resource, state[1])
                     except OSError as exc:
                         log.error("cannot write CDI spec", extra=kv(resource=resource, path=exc.filename,
                                                                     error=exc.strerror))
 
             await trio.to_thread.run_sync(write)
+            # Publish the state the specs were written from, not what changed meanwhile:
+            # the next flush publishes that, after its own write.
+            self.view.publish(snapshot)
             self.kubelet.notify(Change(resources=frozenset(pending)))
 
     async def _cdi_writer(self) -> None:
@@ -336,7 +347,7 @@ class Daemon:
 
 async def serve(config: Config, ruleset: RuleSet, **daemon_kw) -> None:
     """Run a daemon until SIGTERM or SIGINT."""
-    async with trio_asyncio.open_loop():
+    async with aio.open_loop():
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(Daemon(config, ruleset, **daemon_kw).run)

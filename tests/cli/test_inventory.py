@@ -101,3 +101,11 @@ def test_not_a_socket_and_error_answers(tmp_path):
     code, _out, err = with_server(httpserve.serve_unix, sock, unwell,
                                   client=lambda _: run_cli(parse_args(["--debug-socket", sock])))
     assert (code, err) == (1, f"devplug inventory: {sock} answered 503: starting up\n")
+
+
+def test_refused_devices_are_named_with_their_reason():
+    out, err = io.StringIO(), io.StringIO()
+    cmd_inventory.print_inventory({"devices": [], "refused": [
+        {"resource": R, "devnode": "/dev/ttyUSB1", "syspath": "/sys/x", "reason": "r.rules:1:9: MOUNT: %s{serial} is empty"}]},
+        out, err)
+    assert err.getvalue() == f"refused: /dev/ttyUSB1 ({R}, not offered): r.rules:1:9: MOUNT: %s{{serial}} is empty\n"

@@ -88,12 +88,28 @@ def test_rules_test_human_and_json(tmp_path, capsys):
     assert code == 0, err
     first, second = (json.loads(line) for line in out.splitlines())
     assert first["syspath"] == "/sys/devices/virtual/tty/tty20"
-    assert first["matched"] == [{"file": str(rules), "line": 1}]
-    assert first["resource"] == "devplug.io/vt" and first["id"] == "vt-20"
-    assert first["assignments"]["permissions"] == "r"
-    assert first["assignments"]["env"] == {"TTY": "/dev/tty20"}
-    assert second["resource"] is None
-    assert second["matched"] == [{"file": str(rules), "line": 1}, {"file": str(rules), "line": 2}]
+    claim = first["claim"]  # core.views.claim_json: the shape /inventory and /explain use
+    assert claim["matched"] == [f"{rules}:1"]
+    assert claim["resource"] == "devplug.io/vt" and claim["id"] == "vt-20"
+    assert claim["permissions"] == "r"
+    assert claim["envs"] == {"TTY": "/dev/tty20"}
+    assert claim["errors"] == [] and claim["refused"] is None
+    assert second["claim"]["resource"] is None
+    assert second["claim"]["matched"] == [f"{rules}:1", f"{rules}:2"]
+
+
+@needs_udev
+def test_rules_test_shows_a_refused_device_with_the_reason(tmp_path, capsys):
+    rules = tmp_path / "r.rules"
+    rules.write_text('SUBSYSTEM=="tty", KERNEL=="tty20", RESOURCE="vt", MOUNT+="/srv/$env{NOPE}:/data"\n')
+    code, out, err = run(capsys, "rules", "test", "--rules", str(rules), "/sys/class/tty/tty20")
+    assert code == 0, err
+    assert f"  REFUSED  not offered: {rules}:1:51: MOUNT: %E{{NOPE}} is empty\n" in out
+    code, out, err = run(capsys, "rules", "test", "--rules", str(rules), "--json", "/sys/class/tty/tty20")
+    claim = json.loads(out)["claim"]
+    assert claim["errors"] == [f"{rules}:1:51: MOUNT: %E{{NOPE}} is empty"]
+    assert claim["refused"] == {"rule": f"{rules}:1", "reason": claim["errors"][0]}
+    assert claim["mounts"] == []
 
 
 @needs_udev
@@ -114,7 +130,7 @@ def test_rules_test_defaults_to_the_embedded_rules_via_python_m(tmp_path):
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     obj = json.loads(r.stdout)
-    assert obj["resource"] is None and obj["matched"] == []
+    assert obj["claim"]["resource"] is None and obj["claim"]["matched"] == []
     r = subprocess.run([sys.executable, "-m", "devplug", "rules", "check", str(REPO / "rules")],
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("ok: ")

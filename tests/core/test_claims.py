@@ -40,3 +40,98 @@ def test_remove_and_unbind_mark_unhealthy_and_unclaimed_devices_are_ignored():
     assert [e.health for e in p.inventory.entries("devplug.io/nic")] == ["Healthy"]
     lo = Device(devpath="/devices/virtual/net/lo", sysname="lo", subsystem="net")
     assert not p.handle(lo, "add")
+
+
+# ---- hostile devices: refused, never half-offered (issue 10) --------------------------------
+
+from devplug.core.rules.model import RuleError  # noqa: E402
+from tests.core.gadget import gadget  # noqa: E402
+
+DONGLE = "devplug.io/dongle"
+HOSTILE_RULES = ('ATTRS{idVendor}=="0403", RESOURCE="dongle", OPTIONS+="usb_node", '
+                 'MOUNT+="/var/lib/devdata/%s{serial}:/data", CONTAINER_ENV{MODEL}="$env{ID_MODEL}"\n')
+
+
+def _hostile_pipeline() -> Pipeline:
+    rules, errors = parse_rules(HOSTILE_RULES, "h.rules")
+    assert not errors
+    return Pipeline(RuleSet(files=("h.rules",), rules=tuple(rules)), Inventory())
+
+
+def test_a_device_whose_template_fails_is_refused_once_and_the_others_stay():
+    p = _hostile_pipeline()
+    good = gadget("GOOD1", port="1-1", tty="ttyUSB0")
+    p.handle(good, "add")
+    bad = gadget("..", port="1-2", tty="ttyUSB1")
+    change = p.handle(bad, "add")
+    assert not change.resources  # nothing offered, nothing half-offered
+    (r,) = change.refused
+    assert (r.key, r.resource, r.rule, r.devnode) == (bad.syspath, DONGLE, "h.rules:1", "/dev/ttyUSB1")
+    assert r.reason == "h.rules:1:66: MOUNT: %s{serial} makes the path component '..'"
+    assert r.base_id == "0403-6001-..-if00"  # the ID it would have had, for operators
+    assert p.inventory.refused() == (r,)
+    assert [(e.id, e.health) for e in p.inventory.entries(DONGLE)] == [("0403-6001-GOOD1-if00", "Healthy")]
+    # Its next uevents are not new refusals: logged once.
+    assert p.handle(bad, "change").refused == ()
+    # Unplugged: forgotten.
+    assert p.handle(bad, "remove").refused == () and p.inventory.refused() == ()
+
+
+def test_an_offered_device_that_turns_hostile_goes_unhealthy_then_comes_back():
+    p = _hostile_pipeline()
+    dev = gadget("S1")
+    p.handle(dev, "add")
+    (e,) = p.inventory.entries(DONGLE)
+    assert e.health == "Healthy" and e.claim.mounts[0].host_path == "/var/lib/devdata/S1"
+    # Same kernel device, now with a serial that cannot name a directory: Unhealthy, never
+    # offered with the old settings or without its mount.
+    worse = gadget("")
+    change = p.handle(worse, "change")
+    assert change.ids == ((DONGLE, e.id),) and len(change.refused) == 1
+    assert [x.health for x in p.inventory.entries(DONGLE)] == ["Unhealthy"]
+    fixed = p.handle(dev, "change")
+    assert fixed.ids == ((DONGLE, e.id),) and not fixed.refused and p.inventory.refused() == ()
+    assert [x.health for x in p.inventory.entries(DONGLE)] == ["Healthy"]
+
+
+def test_resync_forgets_refused_devices_that_are_gone():
+    p = _hostile_pipeline()
+    bad = gadget("")
+    assert len(p.resync([bad]).refused) == 1
+    assert p.resync([bad]).refused == ()  # still there, already reported
+    p.resync([])
+    assert p.inventory.refused() == ()
+
+
+def test_paths_from_the_kernel_must_be_clean_too():
+    p = _hostile_pipeline()
+    dev = gadget("S1")
+    odd = Device(devpath=dev.devpath, sysname=dev.sysname, subsystem="tty", devnode="/dev/../etc/shadow",
+                 parent=dev.parent)
+    (r,) = p.handle(odd, "add").refused
+    assert r.reason == "path '/dev/../etc/shadow' is not a normalized absolute path" and r.rule == "h.rules:1"
+
+
+def test_a_host_path_that_is_not_utf8_is_refused_not_crashing_allocate():
+    rules, _ = parse_rules('HOSTPATH=="/srv/*", RESOURCE="data", MOUNT+="$devnode:/data"\n', "p.rules")
+    p = Pipeline(RuleSet(files=("p.rules",), rules=tuple(rules)), Inventory(), path_mode=lambda path: 0o040755)
+    change = p.resync_paths(["/srv/ok", "/srv/caf\udce9"])
+    assert [e.id for e in p.inventory.entries("devplug.io/data")] == ["srv_ok"]
+    (r,) = change.refused
+    assert r.reason.startswith("p.rules:1:38: MOUNT: %N has a control character or invalid UTF-8")
+
+
+def test_claim_errors_keep_their_location():
+    claim = _hostile_pipeline().ruleset.evaluate(gadget(""))
+    assert claim.refused and isinstance(claim.errors[0], RuleError)
+
+
+def test_refusal_log_fields_are_printable():
+    rules, _ = parse_rules('HOSTPATH=="/srv/*", RESOURCE="data", MOUNT+="$devnode:/data"\n', "p.rules")
+    p = Pipeline(RuleSet(files=("p.rules",), rules=tuple(rules)), Inventory(), path_mode=lambda path: 0o040755)
+    (r,) = p.resync_paths(["/srv/a\nb\udce9"]).refused
+    fields = r.fields()
+    assert fields["syspath"] == "hostpath:/srv/a\\x0ab\\xe9" and fields["rule"] == "p.rules:1"
+    for v in fields.values():
+        v.encode("utf-8")
+        assert "\n" not in v

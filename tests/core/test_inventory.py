@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+from devplug.core.identity import twin_id
 from devplug.core.inventory import Inventory, Sighting
 from devplug.core.rules.model import Claim
 
@@ -92,16 +93,52 @@ def test_share_offers_n_ids_with_shared_health():
     assert [(e.id, e.health) for e in inv.entries(R)] == [("fuse-s0", "Healthy"), ("fuse-s1", "Healthy")]
 
 
-def test_same_id_from_two_present_devices_is_disambiguated():
+X, Y = "/sys/x/ttyUSB0", "/sys/y/ttyUSB1"
+TX, TY = twin_id("same", X), twin_id("same", Y)
+
+
+def test_two_present_devices_with_the_same_id_are_both_told_apart_whoever_came_first():
+    """Before: the second to arrive got 'same-ttyUSB1', so which device held 'same' depended
+    on arrival order (and changed after a restart)."""
     inv = Inventory(clock=_clock())
-    inv.apply(seen("/sys/x/ttyUSB0", base="same"))
-    inv.apply(seen("/sys/y/ttyUSB1", base="same", devnode="/dev/ttyUSB1"))
-    ids = [e.id for e in inv.entries(R)]
-    assert ids == ["same", "same-ttyUSB1"]
-    # The second device sending again keeps its suffixed ID.
-    assert not inv.apply(seen("/sys/y/ttyUSB1", base="same", devnode="/dev/ttyUSB1"))
-    inv.apply(gone("/sys/y/ttyUSB1"))
-    assert [(e.id, e.health) for e in inv.entries(R)] == [("same", "Healthy"), ("same-ttyUSB1", "Unhealthy")]
+    first = inv.apply(seen(X, base="same"))
+    assert [e.id for e in inv.entries(R)] == ["same"] and first.twins == ()
+    change = inv.apply(seen(Y, base="same", devnode="/dev/ttyUSB1"))
+    assert {(t.key, t.id) for t in change.twins} == {(X, TX), (Y, TY)}  # logged: both tagged
+    assert TX == "same:" + TX.split(":")[1] and len(TX.split(":")[1]) == 8
+    health = {e.id: (e.health, e.devnode) for e in inv.entries(R)}
+    # The plain ID named one device, so it turns Unhealthy (a pod may hold it) rather than
+    # silently pointing at the other one.
+    assert health == {"same": ("Unhealthy", "/dev/ttyUSB0"), TX: ("Healthy", "/dev/ttyUSB0"),
+                      TY: ("Healthy", "/dev/ttyUSB1")}
+    assert inv.binding(X) == (R, TX) and inv.binding(Y) == (R, TY)
+    # Sending again changes nothing; the other order gives the same tagged IDs.
+    assert not inv.apply(seen(Y, base="same", devnode="/dev/ttyUSB1"))
+    other = Inventory(clock=_clock())
+    other.apply(seen(Y, base="same", devnode="/dev/ttyUSB1"))
+    other.apply(seen(X, base="same"))
+    assert {e.id for e in other.entries(R) if e.healthy} == {TX, TY}
+
+
+def test_a_restart_gives_the_same_ids_and_offers_no_plain_id_to_take_back():
+    inv = Inventory(clock=_clock())
+    change = inv.resync([seen(Y, base="same", devnode="/dev/ttyUSB1"), seen(X, base="same")])
+    assert [(e.id, e.health) for e in inv.entries(R)] == sorted([(TX, "Healthy"), (TY, "Healthy")])
+    assert len(change.twins) == 2
+
+
+def test_a_tag_stays_while_its_device_stays_and_goes_at_its_next_arrival_alone():
+    inv = Inventory(clock=_clock())
+    inv.apply(seen(X, base="same"), seen(Y, base="same", devnode="/dev/ttyUSB1"))
+    inv.apply(gone(Y))
+    # No flapping: X keeps the ID a pod may have been given.
+    assert inv.binding(X) == (R, TX)
+    assert not inv.apply(seen(X, base="same"))
+    # Unplugged and back without its twin: the plain ID again.
+    inv.apply(gone(X))
+    inv.apply(seen(X, base="same"))
+    assert inv.binding(X) == (R, "same")
+    assert {e.id: e.health for e in inv.entries(R)} == {"same": "Healthy", TX: "Unhealthy", TY: "Unhealthy"}
 
 
 def test_resync_marks_vanished_devices_and_adds_new_ones():
@@ -178,3 +215,71 @@ def test_incremental_state_matches_a_simple_model():
                 assert got == sorted(want.get(r, [])), (r, steps)
 
     run()
+
+
+# ---- collect: a gadget replugging with new serials cannot grow the inventory (issue 10) -----
+
+def _replugs(inv, n, start=0):
+    """n gadgets that came and went, each with its own serial (one Unhealthy ID each)."""
+    for k in range(start, start + n):
+        inv.apply(seen(f"/sys/g{k}", base=f"gadget-{k}"))
+        inv.apply(gone(f"/sys/g{k}"))
+
+
+def test_collect_forgets_unheld_unhealthy_ids_after_the_grace_period():
+    t = [100.0]
+    inv = Inventory(clock=lambda: t[0])
+    inv.apply(seen("/sys/live", base="live"))
+    _replugs(inv, 3)  # Unhealthy since t=100
+    held = frozenset({(R, "gadget-1")})
+    t[0] = 150.0
+    assert not inv.collect(150.0, grace=60, in_use=held, cap=100)  # within the grace period
+    change = inv.collect(160.0, grace=60, in_use=held, cap=100)
+    assert change.ids == ((R, "gadget-0"), (R, "gadget-2")) and change.forgotten == 2
+    assert [e.id for e in inv.entries(R)] == ["gadget-1", "live"]  # a pod holds gadget-1; live is Healthy
+    assert inv.forgotten_total == 2
+    # Forgotten is not banned: the same gadget back gets its ID again.
+    inv.apply(seen("/sys/g0", base="gadget-0"))
+    assert inv.get(R, "gadget-0").healthy
+
+
+def test_collect_without_pod_resources_keeps_ids_but_caps_them_oldest_first():
+    t = [0.0]
+    inv = Inventory(clock=lambda: t[0])
+    for k in range(5):
+        t[0] = float(k)
+        _replugs(inv, 1, start=k)
+    inv.apply(seen("/sys/live", base="live"))
+    assert not inv.collect(1e9, grace=1, in_use=None, cap=5)  # age alone forgets nothing
+    change = inv.collect(1e9, grace=1, in_use=None, cap=2)
+    assert change.forgotten == 3 and [i for _r, i in change.ids] == ["gadget-0", "gadget-1", "gadget-2"]
+    assert [e.id for e in inv.entries(R)] == ["gadget-3", "gadget-4", "live"]
+
+
+def test_collect_caps_per_resource_and_keeps_what_pods_hold():
+    other = "devplug.io/other"
+    inv = Inventory(clock=_clock())
+    for k in range(4):
+        inv.apply(seen(f"/sys/a{k}", base=f"a{k}"), seen(f"/sys/b{k}", base=f"b{k}", resource=other,
+                                                          claim=Claim(resource=other)))
+        inv.apply(gone(f"/sys/a{k}"), gone(f"/sys/b{k}"))
+    held = frozenset({(R, "a0")})
+    inv.collect(0.0, grace=1e9, in_use=held, cap=1)
+    assert [e.id for e in inv.entries(R)] == ["a0", "a3"]  # held, plus the newest unheld one
+    assert [e.id for e in inv.entries(other)] == ["b3"]
+
+
+def test_collect_forgets_share_copies_one_by_one_and_the_plain_id_of_twins():
+    inv = Inventory(clock=_clock())
+    inv.apply(seen("/sys/f", base="fuse", claim=Claim(resource=R, share=3)))
+    inv.apply(gone("/sys/f"))
+    inv.collect(1e9, grace=0, in_use=frozenset({(R, "fuse-s1")}), cap=10)
+    assert [e.id for e in inv.entries(R)] == ["fuse-s1"]
+    inv.apply(seen("/sys/f", base="fuse", claim=Claim(resource=R, share=3)))
+    assert [(e.id, e.health) for e in inv.entries(R)] == [(f"fuse-s{k}", "Healthy") for k in range(3)]
+    # Twins: the plain ID that turned Unhealthy has no device behind it any more.
+    inv.apply(seen(X, base="same"))
+    inv.apply(seen(Y, base="same"))
+    assert inv.get(R, "same") is not None
+    inv.collect(1e9, grace=0, in_use=frozenset(), cap=10)
+    assert {e.id for e in inv.entries(R)} == {"fuse-s0", "fuse-s1", "fuse-s2", TX, TY}

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Optional
 
 import trio
-import trio_asyncio
+from devplug.lib import aio
 
 from devplug.core.inventory import Change, Inventory, Sighting
 from devplug.kubelet import KubeletAdapter
@@ -64,7 +64,7 @@ def run_adapter(
 
     async def main() -> None:
         with trio.fail_after(timeout):
-            async with trio_asyncio.open_loop():
+            async with aio.open_loop():
                 async with trio.open_nursery() as nursery:
                     await nursery.start(adapter.run)
                     await scenario(Harness(inventory, adapter))

@@ -223,3 +223,49 @@ def test_response_is_a_real_message():
     resp = container_response(R, [entry("A")])
     assert isinstance(resp, api_pb2.ContainerAllocateResponse)
     assert api_pb2.ContainerAllocateResponse.FromString(resp.SerializeToString()) == resp
+
+
+# ---- hostile devices (issue 10) --------------------------------------------------------------
+def _hostile_inventory(**gadget_kw):
+    from devplug.core.claims import Pipeline
+    from devplug.core.inventory import Inventory
+    from devplug.core.rules import RuleSet, parse_rules
+    from tests.core.gadget import gadget
+
+    rules, errors = parse_rules(
+        'ATTRS{idVendor}=="0403", RESOURCE="ftdi-serial", CONTAINER_PATH="/dev/serial/%s{serial}", '
+        'MOUNT+="/var/lib/devdata/%s{serial}:/data", CONTAINER_ENV{MODEL}="$env{ID_MODEL}", '
+        'ANNOTATION{example.com/product}="%s{product}"\n', "h.rules")
+    assert not errors
+    p = Pipeline(RuleSet(["h.rules"], rules), Inventory())
+    p.handle(gadget(**gadget_kw), "add")
+    return p.inventory
+
+
+def test_allocate_for_a_hostile_serial_stays_under_the_rule_prefixes():
+    inv = _hostile_inventory(serial="../../../etc", properties={"ID_MODEL": "x\nDEVPLUG_EVIL=1"})
+    (e,) = inv.entries(R)
+    resp = container_response(R, [e])
+    assert [(m.host_path, m.container_path) for m in resp.mounts] == [("/var/lib/devdata/.._.._.._etc", "/data")]
+    assert specs(resp) == [("/dev/ttyUSB0", "/dev/serial/.._.._.._etc", "rw")]
+    assert resp.envs["MODEL"] == "x\\x0aDEVPLUG_EVIL=1"
+
+
+def test_allocate_for_a_non_utf8_property_answers_and_serializes():
+    """Before: every Allocate failed with gRPC UNKNOWN (UnicodeEncodeError) while the device was Healthy."""
+    from tests.core.gadget import from_bytes
+
+    inv = _hostile_inventory(serial="S1", product=from_bytes(b"Pro\xffduct"),
+                             properties={"ID_MODEL": from_bytes(b"caf\xe9\x00")})
+    (e,) = inv.entries(R)
+    resp = container_response(R, [e])
+    assert resp.envs["MODEL"] == "caf\\xe9"
+    assert resp.annotations["example.com/product"] == "Pro_duct"  # %s{} is udev's replace_chars first
+    api_pb2.ContainerAllocateResponse.FromString(resp.SerializeToString())
+
+
+def test_an_entry_that_bypassed_the_core_is_failed_precondition_not_unknown():
+    bad = entry("A", claim=Claim(resource=R, envs=(("X", "caf\udce9"),)))
+    with pytest.raises(DeviceRequestError) as err:
+        container_response(R, [bad])
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "'A'" in err.value.message

@@ -256,3 +256,20 @@ def test_a_reader_never_sees_a_partial_spec(tmp_path):
         stop.set()
         t.join()
     assert reads > 0 and not bad
+
+
+def test_a_hostile_device_writes_no_escaping_path_into_the_spec(tmp_path, validator):
+    """Issue 10: with --cdi-spec-dir the same escaped paths reach the runtime as through Allocate."""
+    from tests.kubelet.test_kubelet_allocation import R as FTDI
+    from tests.kubelet.test_kubelet_allocation import _hostile_inventory
+
+    inv = _hostile_inventory(serial="../../../etc", properties={"ID_MODEL": "a\nb\x00"})
+    w = CdiWriter(str(tmp_path), vendor_domain="devplug.io")
+    w.update(FTDI, inv.entries(FTDI))
+    spec = check_spec(validator, Path(w.path(FTDI)))
+    (dev,) = spec["devices"]
+    edits = dev["containerEdits"]
+    assert [(m["hostPath"], m["containerPath"]) for m in edits["mounts"]] == [
+        ("/var/lib/devdata/.._.._.._etc", "/data")]
+    assert [(n["hostPath"], n["path"]) for n in edits["deviceNodes"]] == [("/dev/ttyUSB0", "/dev/serial/.._.._.._etc")]
+    assert edits["env"] == ["MODEL=a\\x0ab\\x00"]

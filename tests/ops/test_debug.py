@@ -7,7 +7,7 @@ import itertools
 import json
 
 
-from devplug.ops import debug
+from devplug.ops import debug, metrics
 from devplug.ops.debug import DebugApp, check_health
 from devplug.core.inventory import Change, Inventory, Sighting
 from devplug.kubelet.adapter import ResourceStatus
@@ -90,10 +90,12 @@ async def test_inventory_over_the_unix_socket(tmp_path):
         "symlinks": ["/dev/serial/by-id/usb-FTDI-A1"], "physical": "ftdi-A1",
         "usb_node": "/dev/bus/usb/001/004", "share": 1}
     assert d["claim"] == {
+        "resource": R, "id": "ftdi-A1", "rule": "/etc/devplug/10-serial.rules:3", "share": 1,
         "permissions": "rw", "container_path": "/dev/serial0", "device_id": None,
         "mounts": [{"host_path": "/run/x", "container_path": "/x", "read_only": True}],
         "envs": {"BAUD": "9600"}, "annotations": {"a/b": "c"}, "options": ["symlinks"],
-        "matched": ["/etc/devplug/10-serial.rules:3"]}
+        "matched": ["/etc/devplug/10-serial.rules:3"], "errors": [], "refused": None}
+    assert doc["refused"] == []
     fuse = by_id["fuse-s1"]
     assert fuse["health"] == "Unhealthy" and fuse["share"] == 2 and fuse["physical"] == "fuse"
     # Unhealthy since the removal (third clock tick), not since it was first seen.
@@ -191,3 +193,35 @@ async def test_explain_needs_a_device_and_reports_unknown_ones(tmp_path):
     body, code = unknown.stdout.rsplit("\n", 1)
     assert code == "404" and json.loads(body) == {"error": "/sys/devices/nope: no such device in sysfs"}
     assert nothing.stdout.endswith("\n404") and "/inventory" in nothing.stdout
+
+
+def test_refused_devices_in_inventory_explain_and_metrics():
+    """A device whose templates fail is listed with its reason, never as an entry (issue 10)."""
+    from devplug.core.rules import parse_rules
+    from tests.core.gadget import gadget
+
+    rules, errors = parse_rules('ATTRS{idVendor}=="0403", RESOURCE="serial", MOUNT+="/v/%s{serial}:/d"\n', "s.rules")
+    assert not errors
+    inv = Inventory()
+    pipeline = Pipeline(RuleSet(["s.rules"], rules), inv)
+    app = make_app(inv)
+    app._pipeline = lambda: pipeline
+    good, bad = gadget("OK1", port="1-1", tty="ttyUSB0"), gadget("..", port="1-2", tty="ttyUSB1")
+    change = pipeline.resync([good, bad])
+    app.telemetry.on_refused(change.refused)
+    doc = app.inventory_json()
+    assert [d["id"] for d in doc["devices"]] == ["0403-6001-OK1-if00"]
+    (r,) = doc["refused"]
+    assert r == {"resource": R, "id": "0403-6001-..-if00", "syspath": bad.syspath, "hostpath": False,
+                 "devnode": "/dev/ttyUSB1", "subsystem": "tty", "rule": "s.rules:1",
+                 "reason": "s.rules:1:45: MOUNT: %s{serial} makes the path component '..'"}
+    ex = debug.explain_device(pipeline, bad)
+    assert ex["claim"]["refused"] == {"rule": "s.rules:1", "reason": r["reason"]}
+    assert ex["claim"]["errors"] == [r["reason"]] and ex["claim"]["id"] == "0403-6001-..-if00"
+    ok = debug.explain_device(pipeline, good)["claim"]
+    assert ok["refused"] is None and ok["mounts"] == [{"host_path": "/v/OK1", "container_path": "/d",
+                                                       "read_only": False}]
+    # The same shape in all three places: /inventory's entry claim has the same keys.
+    assert set(ok) == set(doc["devices"][0]["claim"])
+    text = metrics.exposition(app.telemetry.registry).decode()
+    assert f'devplug_devices_refused_total{{resource="{R}"}} 1.0' in text.splitlines()

@@ -39,6 +39,11 @@ SERIES = [
     ("devplug_netlink_overflows", "counter",
      "Netlink receive buffer overflows (ENOBUFS): the kernel dropped uevents.", set()),
     ("devplug_resyncs", "counter", "Full re-enumerations by reason.", {"reason"}),
+    ("devplug_devices_refused", "counter",
+     "Claimed devices not offered because a rule's template gave no safe value for them "
+     "(each counted once, when refused), by resource.", {"resource"}),
+    ("devplug_ids_forgotten", "counter",
+     "Unhealthy device IDs no pod held, dropped after the grace period or over the cap.", {"resource"}),
     ("devplug_http_connections", "gauge", "Open connections on the debug socket and the metrics address.",
      {"listener"}),
     ("devplug_http_connections_dropped", "counter",

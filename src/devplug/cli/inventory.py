@@ -128,6 +128,9 @@ def print_inventory(inventory: dict[str, Any], out: TextIO, err: TextIO) -> None
     rules = inventory.get("rules") or {}
     if rules.get("error"):
         err.write(f"warning: serving the last good rules; the current ones are invalid:\n{rules['error']}\n")
+    for r in inventory.get("refused") or ():
+        where = r.get("devnode") or r.get("syspath") or "-"
+        err.write(f"refused: {where} ({r.get('resource')}, not offered): {r.get('reason')}\n")
 
 
 # ---- command --------------------------------------------------------------------------------

@@ -6,10 +6,10 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Optional
+from typing import Optional
 
 from .. import config
-from ..core.rules import Claim, RuleSet, RulesError, check_domain
+from ..core.rules import RuleSet, RulesError, check_domain
 from ..sources.fs import path_mode
 from ..sources.rulefiles import read_rules
 
@@ -72,22 +72,10 @@ def run_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def assignments(claim: Claim) -> dict[str, Any]:
-    return {
-        "permissions": claim.permissions,
-        "share": claim.share,
-        "device_id": claim.device_id,
-        "container_path": claim.container_path,
-        "mounts": [{"host": m.host_path, "container": m.container_path, "read_only": m.read_only}
-                   for m in claim.mounts],
-        "env": dict(claim.envs),
-        "annotations": dict(claim.annotations),
-        "options": sorted(claim.options),
-    }
-
-
 def run_test(args: argparse.Namespace) -> int:
     from ..core import identity
+    from ..core.claims import refusal
+    from ..core.views import claim_json
     from ..sources.udev import DeviceNotFound, find_device
 
     ruleset = _load(args.rules or [config.default_rules_path()], args.domain)
@@ -103,16 +91,16 @@ def run_test(args: argparse.Namespace) -> int:
             continue
         claim = ruleset.evaluate(device, action=args.action, domain=args.domain, path_mode=path_mode)
         dev_id = identity.device_id(device, claim)
+        refused = None if claim.resource is None else refusal(
+            device.syspath, claim, base_id=dev_id, devnode=device.devnode, subsystem=device.subsystem,
+            symlinks=device.symlinks, usb_node=identity.usb_node(device))
         if args.json:
             obj = {
                 "device": spec,
                 "syspath": device.syspath,
                 "devnode": device.devnode,
                 "subsystem": device.subsystem,
-                "matched": [{"file": r.file, "line": r.line} for r in claim.matched],
-                "resource": claim.resource,
-                "id": dev_id,
-                "assignments": assignments(claim),
+                "claim": claim_json(claim, base_id=dev_id, refusal=refused),
             }
             if args.explain:
                 obj["trace"] = [{"file": t.rule.file, "line": t.rule.line, "matched": t.matched, "reason": t.reason}
@@ -134,11 +122,12 @@ def run_test(args: argparse.Namespace) -> int:
             print("  matched  (no rule)")
         print(f"  resource {claim.resource or '(none: device not claimed)'}")
         print(f"  id       {dev_id}")
-        a = assignments(claim)
-        print(f"  permissions={a['permissions']} share={a['share']}"
-              + (f" options={','.join(a['options'])}" if a["options"] else ""))
-        if a["container_path"]:
-            print(f"  container_path {a['container_path']}")
+        if refused is not None:
+            print(f"  REFUSED  not offered: {refused.reason}")
+        print(f"  permissions={claim.permissions} share={claim.share}"
+              + (f" options={','.join(sorted(claim.options))}" if claim.options else ""))
+        if claim.container_path:
+            print(f"  container_path {claim.container_path}")
         for m in claim.mounts:
             print(f"  mount    {m.host_path} -> {m.container_path}{' (ro)' if m.read_only else ''}")
         for k, v in claim.envs:

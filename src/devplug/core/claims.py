@@ -14,9 +14,10 @@ from typing import Optional
 
 from . import identity
 from .device import Device, PathMode
-from .inventory import HOSTPATH_PREFIX, Change, Inventory, Sighting
-from .rules import RuleSet
-from .rules.model import DEFAULT_DOMAIN
+from .inventory import HOSTPATH_PREFIX, Change, Inventory, Refusal, Sighting
+from .rules import Claim, RuleSet
+from .rules.escape import safe_paths
+from .rules.model import DEFAULT_DOMAIN, OPT_SYMLINKS, OPT_USB_NODE
 
 #: Actions after which the device (or its driver) is gone: its IDs turn Unhealthy.
 ABSENT_ACTIONS = frozenset({"remove", "unbind"})
@@ -24,6 +25,34 @@ ABSENT_ACTIONS = frozenset({"remove", "unbind"})
 
 def _no_paths(path: str) -> Optional[int]:
     return None
+
+
+def refusal(key: str, claim: Claim, *, base_id: Optional[str] = None, devnode: Optional[str] = None,
+            subsystem: Optional[str] = None, symlinks: tuple[str, ...] = (), usb_node: Optional[str] = None,
+            node_root: str = "/dev") -> Optional[Refusal]:
+    """Why a claimed device must not be offered, or ``None``.
+
+    Template errors (``Claim.errors``) come first, with their ``file:line:column`` (``rule``
+    is the ``file:line`` where the first one's rule starts). Then the
+    paths the kernel and udev gave, which a container gets as they are: the node (under
+    ``node_root``), and the symlinks and USB node when the rule's OPTIONS ask for them.
+    """
+    assert claim.resource is not None
+    if claim.errors:
+        rule = claim.error_rule or claim.rule
+        return Refusal(key=key, resource=claim.resource, rule=str(rule) if rule else None,
+                       reason="; ".join(str(e) for e in claim.errors), base_id=base_id,
+                       devnode=devnode, subsystem=subsystem)
+    paths = [devnode] if devnode else []
+    if OPT_SYMLINKS in claim.options:
+        paths += symlinks
+    if OPT_USB_NODE in claim.options and usb_node:
+        paths.append(usb_node)
+    why = safe_paths(paths, node_root)
+    if why is None:
+        return None
+    return Refusal(key=key, resource=claim.resource, rule=str(claim.rule) if claim.rule else None,
+                   reason=why, base_id=base_id, devnode=devnode, subsystem=subsystem)
 
 
 class Pipeline:
@@ -48,16 +77,22 @@ class Pipeline:
         claim = self.ruleset.evaluate(device, action=action, domain=self.domain, path_mode=self.path_mode)
         if claim.resource is None:
             return Sighting(key=key, present=True)
+        base_id = identity.device_id(device, claim)
+        usb_node = identity.usb_node(device)
+        refused = refusal(key, claim, base_id=base_id, devnode=device.devnode, subsystem=device.subsystem,
+                          symlinks=device.symlinks, usb_node=usb_node)
+        if refused is not None:
+            return Sighting(key=key, present=True, resource=claim.resource, claim=claim, refusal=refused)
         return Sighting(
             key=key,
             present=True,
             resource=claim.resource,
-            base_id=identity.device_id(device, claim),
+            base_id=base_id,
             claim=claim,
             devnode=device.devnode,
             subsystem=device.subsystem,
             symlinks=device.symlinks,
-            usb_node=identity.usb_node(device),
+            usb_node=usb_node,
             topology=identity.topology(device),
         )
 
@@ -83,11 +118,16 @@ class Pipeline:
         if claim.resource is None:
             return Sighting(key=key, present=True)
         is_node = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        base_id = identity.sanitize_id(claim.device_id or path.strip("/"))
+        refused = refusal(key, claim, base_id=base_id, devnode=path, node_root="/")
+        if refused is not None:
+            return Sighting(key=key, present=True, resource=claim.resource, claim=claim, refusal=refused,
+                            hostpath=True)
         return Sighting(
             key=key,
             present=True,
             resource=claim.resource,
-            base_id=identity.sanitize_id(claim.device_id or path.strip("/")),
+            base_id=base_id,
             claim=claim,
             devnode=path if is_node else None,
             hostpath=True,

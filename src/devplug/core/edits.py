@@ -5,6 +5,12 @@ Allocate (``devplug.kubelet.allocation``) merges the edits of the requested IDs 
 CDI writer (``devplug.ops.cdi``) writes each entry's edits into a spec. Both front doors
 render the same records, so what one hands a container the other does too.
 
+Every path and value here was made safe when the device was claimed: templates are
+expanded by ``core.rules.escape`` (device strings never add a path component, paths stay
+under the rule's literal prefix, values have no control characters and at most 511 bytes),
+and a device whose templates or node paths fail is refused before it gets an entry
+(``claims.refusal``). So what both front doors render needs no check of its own.
+
 Device nodes are keyed by container path, so the ``SHARE`` copies of one device (or a
 symlink that is also another entry's devnode) never appear twice. Symlinks and the USB
 node are bound from the host path of the node itself (the current devnode for a
@@ -20,10 +26,7 @@ from collections.abc import Sequence
 import attrs
 
 from .inventory import Entry
-
-#: Rule OPTIONS words that add more device nodes to a container.
-OPT_SYMLINKS = "symlinks"
-OPT_USB_NODE = "usb_node"
+from .rules.model import OPT_SYMLINKS, OPT_USB_NODE
 
 
 @attrs.frozen(slots=True)

@@ -12,6 +12,14 @@ strongest identity the device offers, in this order:
 
 ``DEVICE_ID=`` in a rule overrides all of this. IDs are restricted to ``[A-Za-z0-9._-]``
 and to :data:`MAX_ID_LEN` characters (longer ones keep a readable head plus a hash).
+
+IDs are unique by construction (:data:`ID_RE`). A base ID never ends in ``-s<N>``
+(``sanitize_id`` writes ``_s<N>`` instead), so a ``SHARE`` copy ``<base>-s<N>`` can never
+equal another device's base ID, nor another base's copy. Two present devices that derive
+the same base ID (cloned adapters with one serial) are told apart as ``<base>:<tag>``
+(:func:`twin_id`): ``:`` never occurs in a base ID, and the tag is a hash of the device's
+kernel path, so the result does not depend on which arrived first. Hence every ID splits
+one way only into base, tag and copy number.
 """
 
 from __future__ import annotations
@@ -24,16 +32,42 @@ from .device import Device
 from .rules.model import Claim
 
 MAX_ID_LEN = 63
+#: Between a base ID and a twin's tag; never part of a base ID.
+TWIN_SEP = ":"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_COPY_SUFFIX = re.compile(r"-s([0-9]+)$")
+_BASE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+_TAG = re.compile(r"[0-9a-f]{8,64}")
 
 
 def sanitize_id(raw: str) -> str:
-    """Map any string to a short, safe device ID, deterministically."""
+    """Map any string to a short, safe base ID, deterministically (see the module docstring)."""
     safe = _UNSAFE.sub("_", raw.strip()).strip("._-") or "device"
-    if len(safe) <= MAX_ID_LEN:
-        return safe
-    digest = hashlib.sha1(raw.encode()).hexdigest()[:10]
-    return f"{safe[: MAX_ID_LEN - 11].rstrip('._-')}-{digest}"
+    if len(safe) > MAX_ID_LEN:
+        digest = hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        safe = f"{safe[: MAX_ID_LEN - 11].rstrip('._-')}-{digest}"
+    # A base never looks like a SHARE copy, so no copy can ever equal it.
+    return _COPY_SUFFIX.sub(r"_s\1", safe)
+
+
+def twin_id(base: str, key: str, length: int = 8) -> str:
+    """The base ID of a device that shares ``base`` with another present device: tagged by
+    a hash of its kernel path ``key`` (stable while it stays in its port)."""
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{base}{TWIN_SEP}{digest[:length]}"
+
+
+def split_id(device_id: str) -> Optional[tuple[str, Optional[str], Optional[int]]]:
+    """(base, twin tag, copy number) of an ID devplug makes, or ``None`` for any other
+    string: the one way an ID splits (see the module docstring)."""
+    rest, copy = device_id, None
+    m = _COPY_SUFFIX.search(rest)
+    if m is not None and (m[1] == "0" or not m[1].startswith("0")):
+        rest, copy = rest[: m.start()], int(m[1])
+    base, sep, tag = rest.partition(TWIN_SEP)
+    if not _BASE.fullmatch(base) or _COPY_SUFFIX.search(base) or (sep and not _TAG.fullmatch(tag)):
+        return None
+    return base, tag if sep else None, copy
 
 
 def _usb_device(device: Device) -> Optional[Device]:

@@ -3,6 +3,13 @@
 Applying an update returns which resources changed; each resource keeps a version counter
 and a cached, sorted snapshot that is rebuilt only when that resource changes, so serving
 ListAndWatch and Allocate costs nothing per event for untouched resources.
+
+Devices are untrusted (a USB gadget picks its own serial and can replug forever), so:
+IDs are unique by construction (``identity``: two present devices that derive the same ID
+are both told apart by a tag of their kernel path, whichever came first); a refused device
+has no entry (``Refusal``); and Unhealthy IDs do not pile up: :meth:`Inventory.collect`
+forgets those no pod holds after a grace period, and caps them per resource while it cannot
+know which pods hold what.
 """
 
 from __future__ import annotations
@@ -13,75 +20,11 @@ from typing import Optional
 
 import attrs
 
-from .identity import sanitize_id, share_ids
-from .rules.model import Claim
+from .entries import HEALTHY, HOSTPATH_PREFIX, UNHEALTHY, Change, Entry, Refusal, Sighting, Twin
+from .identity import share_ids, twin_id
 
-HOSTPATH_PREFIX = "hostpath:"
-
-HEALTHY = "Healthy"
-UNHEALTHY = "Unhealthy"
-
-
-@attrs.frozen(slots=True)
-class Entry:
-    """One schedulable device ID of one resource.
-
-    ``physical`` names the physical device (the same across replug and shared by the
-    ``SHARE`` copies); ``topology`` groups devices that share a parent (a USB hub, a PCI
-    bridge) for GetPreferredAllocation.
-    """
-
-    id: str
-    resource: str
-    healthy: bool
-    physical: str
-    claim: Claim
-    syspath: Optional[str] = None
-    devnode: Optional[str] = None
-    subsystem: Optional[str] = None
-    symlinks: tuple[str, ...] = ()
-    usb_node: Optional[str] = None
-    topology: Optional[str] = None
-    hostpath: bool = False
-    since: float = 0.0
-
-    @property
-    def health(self) -> str:
-        return HEALTHY if self.healthy else UNHEALTHY
-
-
-@attrs.frozen(slots=True)
-class Sighting:
-    """What the pipeline learned about one device: present or gone, and what rules say.
-
-    ``key`` identifies the device as the kernel sees it now (its syspath, or
-    ``hostpath:<path>``); ``base_id`` identifies it physically (see ``identity``).
-    A present device with ``resource=None`` is one no rule claims (any more).
-    """
-
-    key: str
-    present: bool
-    resource: Optional[str] = None
-    base_id: Optional[str] = None
-    claim: Optional[Claim] = None
-    devnode: Optional[str] = None
-    subsystem: Optional[str] = None
-    symlinks: tuple[str, ...] = ()
-    usb_node: Optional[str] = None
-    topology: Optional[str] = None
-    hostpath: bool = False
-
-
-@attrs.frozen(slots=True)
-class Change:
-    """What one update did: the resources whose device list changed, and the (resource, ID)
-    pairs touched, sorted."""
-
-    resources: frozenset[str] = frozenset()
-    ids: tuple[tuple[str, str], ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.resources)
+__all__ = ["HEALTHY", "HOSTPATH_PREFIX", "UNHEALTHY", "Change", "Entry", "Inventory", "Refusal", "Sighting",
+           "Twin"]
 
 
 @attrs.define(slots=True)
@@ -93,14 +36,45 @@ class _Resource:
     order: Optional[list[str]] = None  # sorted IDs; kept while only health/fields change
 
 
+@attrs.define(slots=True)
+class _Update:
+    """What one call to the inventory collects for its :class:`Change`."""
+
+    twins_in_batch: frozenset[tuple[str, str]] = frozenset()
+    touched: dict[str, set[str]] = attrs.field(factory=dict)
+    refused: list[Refusal] = attrs.field(factory=list)
+    twins: list[Twin] = attrs.field(factory=list)
+    forgotten: int = 0
+
+    def touch(self, resource: str, device_id: str) -> None:
+        self.touched.setdefault(resource, set()).add(device_id)
+
+
+def _twins_in(sightings: Iterable[Sighting]) -> frozenset[tuple[str, str]]:
+    """(resource, base ID) pairs that several devices of one batch derive: each of them is
+    tagged at once, so a coldplug never offers a plain ID it must take back."""
+    keys: dict[tuple[str, str], set[str]] = {}
+    for s in sightings:
+        if s.present and s.refusal is None and s.resource and s.base_id and s.claim:
+            keys.setdefault((s.resource, s.base_id), set()).add(s.key)
+    return frozenset(pair for pair, found in keys.items() if len(found) > 1)
+
+
 class Inventory:
-    """Device ID → Entry per resource, with versioned, cached snapshots."""
+    """Device ID → Entry per resource, with versioned, cached snapshots.
+
+    ``forgotten_total`` counts the IDs :meth:`collect` has forgotten (for a metric).
+    """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._resources: dict[str, _Resource] = {}
-        self._bound: dict[str, tuple[str, str]] = {}  # present device key -> (resource, base ID)
+        self._bound: dict[str, tuple[str, str]] = {}  # present device key -> (resource, its base ID)
         self._holder: dict[tuple[str, str], str] = {}  # (resource, base ID) -> present device key
+        self._derived: dict[str, str] = {}  # present device key -> the base ID it derives (untagged)
+        self._derivers: dict[tuple[str, str], set[str]] = {}  # (resource, derived base) -> present keys
+        self._refused: dict[str, Refusal] = {}  # present device key -> why it is not offered
         self._clock = clock
+        self.forgotten_total = 0
 
     # ---- queries -------------------------------------------------------------------
     def resources(self) -> frozenset[str]:
@@ -131,8 +105,12 @@ class Inventory:
             yield from self.entries(name)
 
     def binding(self, key: str) -> Optional[tuple[str, str]]:
-        """(resource, base ID) a present device is bound to, if any."""
+        """(resource, base ID) a present device is bound to, if any (a twin's tagged ID)."""
         return self._bound.get(key)
+
+    def refused(self) -> tuple[Refusal, ...]:
+        """Present devices a rule claims but that are not offered, by device key."""
+        return tuple(self._refused[k] for k in sorted(self._refused))
 
     def bound_resources(self) -> frozenset[str]:
         """Resources that hold at least one device present right now."""
@@ -141,10 +119,10 @@ class Inventory:
     # ---- updates -------------------------------------------------------------------
     def apply(self, *sightings: Sighting) -> Change:
         """Fold sightings into the state, in order; return what changed (empty when nothing did)."""
-        touched: dict[str, set[str]] = {}
+        u = _Update(_twins_in(sightings))
         for sighting in sightings:
-            self._apply(sighting, touched)
-        return self._finish(touched)
+            self._apply(sighting, u)
+        return self._finish(u)
 
     def resync(self, sightings: Iterable[Sighting], *, hostpath: bool = False) -> Change:
         """Reconcile with a full enumeration: what is bound but not seen now is gone.
@@ -152,67 +130,153 @@ class Inventory:
         ``hostpath`` selects which family the enumeration covers (udev devices or host
         paths), so a udev resync never marks host paths absent and vice versa.
         """
-        touched: dict[str, set[str]] = {}
+        batch = list(sightings)
+        u = _Update(_twins_in(batch))
         seen: set[str] = set()
-        for s in sightings:
+        for s in batch:
             seen.add(s.key)
-            self._apply(s, touched)
-        for key in list(self._bound):
+            self._apply(s, u)
+        for key in list(self._bound) + list(self._refused):
             if key not in seen and key.startswith(HOSTPATH_PREFIX) == hostpath:
-                self._apply(Sighting(key=key, present=False), touched)
-        return self._finish(touched)
+                self._apply(Sighting(key=key, present=False), u)
+        return self._finish(u)
 
     def forget(self, resources: Iterable[str]) -> Change:
         """Drop whole resources (no rule names them any more)."""
-        touched: dict[str, set[str]] = {}
-        for name in resources:
+        u = _Update()
+        names = frozenset(resources)
+        for name in names:
             r = self._resources.pop(name, None)
             if r is None:
                 continue
-            touched[name] = set(r.entries)
+            u.touched[name] = set(r.entries)
             for base in r.physical:
-                key = self._holder.pop((name, base), None)
+                key = self._holder.get((name, base))
                 if key is not None:
-                    del self._bound[key]
-        return self._finish(touched)
+                    self._release(key)
+        for key, refusal in list(self._refused.items()):
+            if refusal.resource in names:
+                del self._refused[key]
+        return self._finish(u)
+
+    def collect(self, now: float, *, grace: float, in_use: Optional[frozenset[tuple[str, str]]],
+                cap: int) -> Change:
+        """Forget Unhealthy IDs of devices that are gone, so a gadget replugging with a new
+        serial forever cannot grow the inventory (and every ListAndWatch message) forever.
+
+        ``in_use`` are the (resource, ID) pairs pods hold (kubelet's PodResources ``List``);
+        ``None`` when that API cannot be reached. Known: an Unhealthy ID no pod holds is
+        forgotten once it has been Unhealthy for ``grace`` seconds. Unknown: nothing is
+        forgotten for age. Either way at most ``cap`` Unhealthy IDs per resource that no pod
+        is known to hold are kept, the oldest forgotten first. The change counts what went
+        (``Change.forgotten``; ``forgotten_total`` adds it up).
+        """
+        u = _Update()
+        for name, res in self._resources.items():
+            gone = [e for e in res.entries.values() if not e.healthy and (name, e.physical) not in self._holder]
+            if in_use is not None:
+                gone = [e for e in gone if (name, e.id) not in in_use]
+                self._forget_ids(res, [e for e in gone if now - e.since >= grace], u)
+                gone = [e for e in gone if now - e.since < grace]
+            if len(gone) > cap:
+                gone.sort(key=lambda e: (e.since, e.id))
+                self._forget_ids(res, gone[: len(gone) - max(cap, 0)], u)
+        return self._finish(u)
 
     # ---- internals -----------------------------------------------------------------
-    def _apply(self, s: Sighting, touched: dict[str, set[str]]) -> None:
-        if s.present and s.resource and s.base_id and s.claim:
-            self._claim(s, touched)
+    def _apply(self, s: Sighting, u: _Update) -> None:
+        if s.present and s.refusal is not None:
+            self._refuse(s.refusal, u)
             return
-        bound = self._bound.pop(s.key, None)
+        self._refused.pop(s.key, None)
+        if s.present and s.resource and s.base_id and s.claim:
+            self._claim(s, u)
+            return
+        bound = self._release(s.key)
         if bound is None:
             return
-        self._holder.pop(bound, None)
         if s.present:
             # Still plugged in, but no rule claims it now: it leaves its resource.
-            self._drop(bound, touched)
+            self._drop(bound, u)
         else:
-            self._mark_unhealthy(bound, touched)
+            self._mark_unhealthy(bound, u)
 
-    def _claim(self, s: Sighting, touched: dict[str, set[str]]) -> None:
+    def _claim(self, s: Sighting, u: _Update) -> None:
         assert s.resource and s.base_id and s.claim
+        resource, base = s.resource, s.base_id
         previous = self._bound.get(s.key)
-        base = s.base_id
+        same_identity = previous is not None and previous[0] == resource and self._derived.get(s.key) == base
+        derivers = self._derivers.get((resource, base))
+        # The common case (no twin) allocates nothing: this runs on every uevent.
+        others = derivers - {s.key} if derivers and (len(derivers) > 1 or s.key not in derivers) else ()
+        if others or (resource, base) in u.twins_in_batch:
+            physical = self._twin(resource, base, s.key)
+        elif same_identity:
+            assert previous is not None
+            physical = previous[1]  # keeps a tag it got while a twin was there: no flapping
+        else:
+            physical = base
+        if previous is not None and previous != (resource, physical):
+            self._release(s.key)
+            if same_identity:
+                self._mark_unhealthy(previous, u)  # re-tagged: a pod may still hold the old ID
+            else:
+                self._drop(previous, u)  # same kernel device, another resource or identity: moved
+        if s.key not in self._bound:
+            self._bind(s.key, resource, base, physical)
+            if physical != base:
+                u.twins.append(Twin(resource=resource, base_id=base, key=s.key, id=physical))
+        self._set_entries(s, physical, u)
+        for key in sorted(others):
+            if self._bound.get(key) == (resource, base):
+                self._retag(key, resource, base, u)
+
+    def _twin(self, resource: str, base: str, key: str) -> str:
+        for length in (8, 16, 64):  # a longer tag only if a shorter one is another device's
+            physical = twin_id(base, key, length)
+            if self._holder.get((resource, physical), key) == key:
+                return physical
+        raise AssertionError(f"SHA-256 collision between {key!r} and another device")
+
+    def _retag(self, key: str, resource: str, base: str, u: _Update) -> None:
+        """A device that held the plain ID gets a twin: it is tagged too, from its own entry."""
+        res = self._resources[resource]
+        e = res.entries[res.physical[base][0]]
+        self._claim(Sighting(key=key, present=True, resource=resource, base_id=base, claim=e.claim,
+                             devnode=e.devnode, subsystem=e.subsystem, symlinks=e.symlinks, usb_node=e.usb_node,
+                             topology=e.topology, hostpath=e.hostpath), u)
+
+    def _bind(self, key: str, resource: str, base: str, physical: str) -> None:
+        self._bound[key] = (resource, physical)
+        self._holder[(resource, physical)] = key
+        self._derived[key] = base
+        self._derivers.setdefault((resource, base), set()).add(key)
+
+    def _release(self, key: str) -> Optional[tuple[str, str]]:
+        """Forget that a device is present; returns what it was bound to."""
+        bound = self._bound.pop(key, None)
+        if bound is None:
+            return None
+        self._holder.pop(bound, None)
+        pair = (bound[0], self._derived.pop(key))
+        derivers = self._derivers[pair]
+        derivers.discard(key)
+        if not derivers:
+            del self._derivers[pair]
+        return bound
+
+    def _set_entries(self, s: Sighting, physical: str, u: _Update) -> None:
+        assert s.resource and s.claim
         res = self._resources.get(s.resource)
-        if previous != (s.resource, base):
-            base = self._disambiguate(s, base)
-        if previous is not None and previous != (s.resource, base):
-            # Same kernel device, now a different resource or identity: move it.
-            self._holder.pop(previous, None)
-            self._drop(previous, touched)
         if res is None:
             res = self._resources[s.resource] = _Resource()
-        self._bound[s.key] = (s.resource, base)
-        self._holder[(s.resource, base)] = s.key
-        ids = share_ids(base, s.claim.share)
-        for i in res.physical.get(base, ()):
+        ids = share_ids(physical, s.claim.share)
+        for i in res.physical.get(physical, ()):
             if i not in ids:
                 del res.entries[i]
                 res.order = None
-                touched.setdefault(s.resource, set()).add(i)
-        res.physical[base] = ids
+                u.touch(s.resource, i)
+        res.physical[physical] = ids
         now = None
         for i in ids:
             old = res.entries.get(i)
@@ -221,7 +285,7 @@ class Inventory:
                 id=i,
                 resource=s.resource,
                 healthy=True,
-                physical=base,
+                physical=physical,
                 claim=s.claim,
                 syspath=None if s.hostpath else s.key,
                 devnode=s.devnode,
@@ -236,16 +300,18 @@ class Inventory:
                 if old is None:
                     res.order = None
                 res.entries[i] = new
-                touched.setdefault(s.resource, set()).add(i)
+                u.touch(s.resource, i)
 
-    def _disambiguate(self, s: Sighting, base: str) -> str:
-        """Two different present devices computed the same ID: suffix the newcomer."""
-        holder_key = self._holder.get((s.resource or "", base))
-        if holder_key is None or holder_key == s.key:
-            return base
-        return sanitize_id(f"{base}-{s.key.rstrip('/').rsplit('/', 1)[-1]}")
+    def _refuse(self, refusal: Refusal, u: _Update) -> None:
+        """Not offered: IDs it had turn Unhealthy (a pod may hold one), as if it were gone."""
+        bound = self._release(refusal.key)
+        if bound is not None:
+            self._mark_unhealthy(bound, u)
+        if self._refused.get(refusal.key) != refusal:
+            self._refused[refusal.key] = refusal
+            u.refused.append(refusal)
 
-    def _drop(self, bound: tuple[str, str], touched: dict[str, set[str]]) -> None:
+    def _drop(self, bound: tuple[str, str], u: _Update) -> None:
         resource, base = bound
         res = self._resources.get(resource)
         if res is None:
@@ -253,9 +319,9 @@ class Inventory:
         for i in res.physical.pop(base, ()):
             del res.entries[i]
             res.order = None
-            touched.setdefault(resource, set()).add(i)
+            u.touch(resource, i)
 
-    def _mark_unhealthy(self, bound: tuple[str, str], touched: dict[str, set[str]]) -> None:
+    def _mark_unhealthy(self, bound: tuple[str, str], u: _Update) -> None:
         resource, base = bound
         res = self._resources.get(resource)
         if res is None:
@@ -265,13 +331,27 @@ class Inventory:
             e = res.entries[i]
             if e.healthy:
                 res.entries[i] = attrs.evolve(e, healthy=False, since=now)
-                touched.setdefault(resource, set()).add(i)
+                u.touch(resource, i)
 
-    def _finish(self, touched: dict[str, set[str]]) -> Change:
-        for name in touched:
+    def _forget_ids(self, res: _Resource, entries: Iterable[Entry], u: _Update) -> None:
+        for e in entries:
+            del res.entries[e.id]
+            res.order = None
+            left = tuple(i for i in res.physical[e.physical] if i != e.id)
+            if left:
+                res.physical[e.physical] = left
+            else:
+                del res.physical[e.physical]
+            u.touch(e.resource, e.id)
+            u.forgotten += 1
+
+    def _finish(self, u: _Update) -> Change:
+        for name in u.touched:
             r = self._resources.get(name)
             if r is not None:
                 r.version += 1
                 r.snapshot = None
-        ids = tuple((name, i) for name in sorted(touched) for i in sorted(touched[name]))
-        return Change(resources=frozenset(touched), ids=ids)
+        self.forgotten_total += u.forgotten
+        ids = tuple((name, i) for name in sorted(u.touched) for i in sorted(u.touched[name]))
+        return Change(resources=frozenset(u.touched), ids=ids, refused=tuple(u.refused), twins=tuple(u.twins),
+                      forgotten=u.forgotten)

@@ -2,7 +2,7 @@
 
 The trio side owns lifetimes: one task per resource (``plugin.run``) plus one inotify
 watcher on the plugin directory; gRPC runs on the asyncio loop that
-``trio_asyncio.open_loop()`` provides. Everything is event-driven: kubelet restarts are
+``devplug.lib.aio.open_loop()`` provides (trio_asyncio). Everything is event-driven: kubelet restarts are
 seen through inotify (kubelet deletes every socket there and recreates ``kubelet.sock``),
 and the only timers are retry backoffs while kubelet refuses or a socket cannot be bound.
 
@@ -27,7 +27,8 @@ from typing import Optional
 import attrs
 import trio
 
-from ..core.inventory import Change, Entry, Inventory
+from ..core.inventory import Change, Entry
+from ..core.view import DeviceView
 from ..lib.inotify import Event, Inotify, Mask
 from ..lib.logs import kv
 from . import plugin
@@ -102,7 +103,7 @@ def _lock_holder(fd: int) -> Optional[int]:
 class KubeletAdapter:
     """The device plugins of every resource, kept served and registered with kubelet.
 
-    ``run`` must be called inside ``trio_asyncio.open_loop()``. ``set_resources`` and
+    ``run`` must be called inside ``devplug.lib.aio.open_loop()``. ``set_resources`` and
     ``notify`` are synchronous and meant to be called from trio code on the event path.
     """
 
@@ -110,7 +111,7 @@ class KubeletAdapter:
         self,
         *,
         plugin_dir: str,
-        inventory: Inventory,
+        inventory: DeviceView,
         pre_start_check: bool = False,
         register: bool = True,
         cdi: Callable[[Entry], list[str]] | None = None,

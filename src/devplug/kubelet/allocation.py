@@ -58,21 +58,32 @@ def resolve(resource: str, ids: Iterable[str], lookup: Lookup, *, healthy: bool 
 def container_response(
     resource: str, entries: Sequence[Entry], cdi: Optional[CdiNames] = None
 ) -> api_pb2.ContainerAllocateResponse:
-    """Devices, mounts, envs, annotations (``devplug.core.edits``) and CDI names for one container."""
+    """Devices, mounts, envs, annotations (``devplug.core.edits``) and CDI names for one container.
+
+    The core hands over only strings protobuf can encode (``core.rules.escape``, refused
+    devices); should one slip through anyway, the answer is FAILED_PRECONDITION naming the
+    devices, never an exception gRPC reports as UNKNOWN."""
     edits = merge(resource, entries)
     cdi_names: dict[str, None] = {}
     if cdi is not None:
         for entry in entries:
             cdi_names.update(dict.fromkeys(cdi(entry)))
-    return api_pb2.ContainerAllocateResponse(
-        envs=dict(edits.envs),
-        mounts=[api_pb2.Mount(container_path=m.container_path, host_path=m.host_path, read_only=m.read_only)
-                for m in edits.mounts],
-        devices=[api_pb2.DeviceSpec(container_path=d.container_path, host_path=d.host_path,
-                                    permissions=d.permissions) for d in edits.devices],
-        annotations=dict(edits.annotations),
-        cdi_devices=[api_pb2.CDIDevice(name=n) for n in cdi_names],
-    )
+    try:
+        return api_pb2.ContainerAllocateResponse(
+            envs=dict(edits.envs),
+            mounts=[api_pb2.Mount(container_path=m.container_path, host_path=m.host_path, read_only=m.read_only)
+                    for m in edits.mounts],
+            devices=[api_pb2.DeviceSpec(container_path=d.container_path, host_path=d.host_path,
+                                        permissions=d.permissions) for d in edits.devices],
+            annotations=dict(edits.annotations),
+            cdi_devices=[api_pb2.CDIDevice(name=n) for n in cdi_names],
+        )
+    except UnicodeEncodeError:
+        ids = ", ".join(repr(e.id) for e in entries)
+        raise DeviceRequestError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"devices {ids} of resource {resource}: a path or value is not valid UTF-8",
+        ) from None
 
 
 def allocate(

@@ -24,4 +24,8 @@ SERVER_OPTIONS: list[tuple[str, object]] = [
 CHANNEL_OPTIONS: list[tuple[str, object]] = [
     ("grpc.enable_channelz", 0),
     ("grpc.enable_retries", 0),
+    # A connection of its own for every Register: gRPC otherwise shares subchannels per
+    # address across channels, and a new kubelet at the same socket path would be reached
+    # through the old kubelet's still-open connection (a hung or dying process).
+    ("grpc.use_local_subchannel_pool", 1),
 ]

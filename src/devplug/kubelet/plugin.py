@@ -26,7 +26,8 @@ import grpc
 import trio
 import trio_asyncio
 
-from ..core.inventory import Entry, Inventory
+from ..core.inventory import Entry
+from ..core.view import DeviceView
 from ..lib.logs import kv
 from . import api_pb2
 from .registration import API_VERSION, Broadcast, FileIdentity, file_identity, register
@@ -52,7 +53,7 @@ class Shared:
 
     plugin_dir: str
     kubelet_socket: str
-    inventory: Inventory
+    inventory: DeviceView
     #: Fired by the plugin-directory watcher whenever ``kubelet.sock`` appears or goes.
     kubelet: Broadcast
     #: Recreates (and re-watches) the plugin directory when it is gone or was replaced.
@@ -138,7 +139,9 @@ async def _serve(p: ResourcePlugin, shared: Shared) -> Optional[tuple[grpc.aio.S
     )
     try:
         _unlink(p.path)  # stale from a crashed run, or deleted under us meanwhile
-        server = await trio_asyncio.aio_as_trio(start_server)(servicer, p.path)
+        # Never cancelled half-way: grpc's serving loop would then fail on its own, later.
+        with trio.CancelScope(shield=True):
+            server = await trio_asyncio.aio_as_trio(start_server)(servicer, p.path)
     except (BindError, OSError) as exc:
         p.last_error = f"serve {p.path}: {exc}"
         log.error("cannot serve", extra=kv(resource=p.resource, error=p.last_error))
@@ -181,7 +184,7 @@ async def _keep_registered(p: ResourcePlugin, shared: Shared) -> None:
                 await shared.kubelet.wait(seen)
                 continue
             p.registered = False
-            outcome = await _register_unless_replaced(p, shared, seen)
+            outcome = await _register_unless_replaced(p, shared, seen, kubelet)
             if outcome is None:
                 continue  # kubelet.sock changed during the call: at once, with the new one
             if outcome:
@@ -195,8 +198,10 @@ async def _keep_registered(p: ResourcePlugin, shared: Shared) -> None:
         p.registered = False
 
 
-async def _register_unless_replaced(p: ResourcePlugin, shared: Shared, seen: int) -> Optional[bool]:
-    """True/False: registered or refused; None: cancelled because kubelet.sock changed."""
+async def _register_unless_replaced(p: ResourcePlugin, shared: Shared, seen: int,
+                                    kubelet: FileIdentity) -> Optional[bool]:
+    """True/False: registered or refused; None: cancelled because another kubelet's socket
+    replaced the one being called (an event about the same socket changes nothing)."""
     outcome: Optional[bool] = None
     async with trio.open_nursery() as nursery:
 
@@ -206,7 +211,9 @@ async def _register_unless_replaced(p: ResourcePlugin, shared: Shared, seen: int
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(call)
-        await shared.kubelet.wait(seen)
+        while file_identity(shared.kubelet_socket) == kubelet:
+            await shared.kubelet.wait(seen)
+            seen = shared.kubelet.gen
         nursery.cancel_scope.cancel()
     return outcome
 

@@ -14,7 +14,7 @@ from typing import Optional, Protocol
 
 import grpc
 
-from ..core.inventory import Inventory
+from ..core.view import DeviceView
 from ..lib.logs import kv
 from . import allocation, api_pb2, api_pb2_grpc
 from .grpc_options import SERVER_OPTIONS
@@ -60,7 +60,7 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
     def __init__(
         self,
         resource: str,
-        inventory: Inventory,
+        inventory: DeviceView,
         pulse: Pulse,
         streams: StreamCounter,
         *,

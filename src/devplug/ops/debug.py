@@ -2,8 +2,9 @@
 
 Routes (all GET):
 
-``/inventory``  every device with its resource, health, rule and allocation settings, plus
-                the loaded rules files, the last rules error and each plugin's kubelet state.
+``/inventory``  every device with its resource, health, rule and allocation settings, the
+                claimed devices that are refused (and why), the loaded rules files, the
+                last rules error and each plugin's kubelet state.
 ``/events``     the last uevents and re-enumerations, with timings and what they changed
                 (``?limit=N``).
 ``/explain``    ``?syspath=`` | ``devpath=`` | ``devnode=``: for a live device, which rules
@@ -33,6 +34,7 @@ import trio
 from ..core.claims import Pipeline
 from ..core.device import Device
 from ..core.inventory import Entry, Inventory
+from ..core.views import claim_json, refusal_json
 from . import httpserve
 from .httpserve import Response
 from . import metrics
@@ -122,19 +124,7 @@ def entry_json(e: Entry) -> dict[str, Any]:
         "topology": e.topology,
         "hostpath": e.hostpath,
         "share": c.share,
-        "claim": {
-            "permissions": c.permissions,
-            "container_path": c.container_path,
-            "device_id": c.device_id,
-            "mounts": [
-                {"host_path": m.host_path, "container_path": m.container_path, "read_only": m.read_only}
-                for m in c.mounts
-            ],
-            "envs": dict(c.envs),
-            "annotations": dict(c.annotations),
-            "options": sorted(c.options),
-            "matched": [str(r) for r in c.matched],
-        },
+        "claim": claim_json(c, base_id=e.physical),
     }
 
 
@@ -173,10 +163,14 @@ def _trace_json(trace: Any) -> dict[str, Any]:
 
 
 def explain_device(pipeline: Pipeline, device: Device) -> dict[str, Any]:
-    """Rules verdicts and the resulting claim for one device (does sysfs I/O: run in a thread)."""
+    """Rules verdicts and the resulting claim for one device (does sysfs I/O: run in a thread).
+
+    ``claim`` is ``core.views.claim_json`` (``null`` when no rule claims the device), with
+    the reason when the device is refused."""
     traces = pipeline.ruleset.explain(device, action="add", domain=pipeline.domain, path_mode=pipeline.path_mode)
     sighting = pipeline.sight(device, "add")
     claim = sighting.claim
+    base_id = sighting.refusal.base_id if sighting.refusal is not None else sighting.base_id
     return {
         "device": {
             "syspath": device.syspath,
@@ -187,15 +181,7 @@ def explain_device(pipeline: Pipeline, device: Device) -> dict[str, Any]:
             "symlinks": list(device.symlinks),
         },
         "rules": [_trace_json(t) for t in traces],
-        "claim": None if claim is None else {
-            "resource": claim.resource,
-            "id": sighting.base_id,
-            "rule": str(claim.rule) if claim.rule else None,
-            "matched": [str(r) for r in claim.matched],
-            "share": claim.share,
-            "permissions": claim.permissions,
-            "container_path": claim.container_path,
-        },
+        "claim": None if claim is None else claim_json(claim, base_id=base_id, refusal=sighting.refusal),
     }
 
 
@@ -263,6 +249,7 @@ class DebugApp:
         now = self._clock() if self._clock else time.time()
         return {
             "devices": [entry_json(e) for e in self.inventory.all_entries()],
+            "refused": [refusal_json(r) for r in self.inventory.refused()],
             "rules": {"files": list(pipeline.ruleset.files), "error": self._rules_error()},
             "plugins": {name: _status_json(s) for name, s in self._plugins().items()},
             "health": {"ok": health.ok, "reason": health.reason},

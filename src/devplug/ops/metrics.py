@@ -88,6 +88,13 @@ class TelemetryCollector:
                        (), {(): t.overflows})
         yield _counter("devplug_resyncs_total", "Full re-enumerations by reason.",
                        ("reason",), {(k,): v for k, v in t.resyncs.items()})
+        yield _counter("devplug_devices_refused_total",
+                       "Claimed devices not offered because a rule's template gave no safe value for them "
+                       "(each counted once, when refused), by resource.", ("resource",),
+                       {(k,): v for k, v in t.refused.items()})
+        yield _counter("devplug_ids_forgotten_total",
+                       "Unhealthy device IDs no pod held, dropped after the grace period or over the cap.",
+                       ("resource",), {(k,): v for k, v in t.forgotten.items()})
         yield from self._listeners()
 
     def _latency(self) -> HistogramMetricFamily:

@@ -23,7 +23,7 @@ import attrs
 
 from prometheus_client import CollectorRegistry
 
-from ..core.inventory import Change, Inventory
+from ..core.inventory import Change, Inventory, Refusal
 from .httpserve import ConnectionStats
 from .metrics import LATENCY_BUCKETS, build_registry
 
@@ -80,6 +80,8 @@ class Telemetry:
         self.rules_valid = True
         self.overflows = 0
         self.resyncs: collections.Counter[str] = collections.Counter()  # reason
+        self.refused: collections.Counter[str] = collections.Counter()  # resource
+        self.forgotten: collections.Counter[str] = collections.Counter()  # resource
         self.listeners: dict[str, ConnectionStats] = {}  # "debug", "metrics": kept by httpserve
         self.registry: CollectorRegistry = build_registry(self)
 
@@ -148,6 +150,16 @@ class Telemetry:
     def listener(self, name: str) -> ConnectionStats:
         """The connection counts of listener ``name``, for ``httpserve`` to keep up to date."""
         return self.listeners.setdefault(name, ConnectionStats())
+
+    def on_refused(self, refusals: Iterable[Refusal]) -> None:
+        """Devices a rule claims that are not offered (``Change.refused``: each device once)."""
+        for refusal in refusals:
+            self.refused[refusal.resource] += 1
+
+    def on_forgotten(self, forgotten: Iterable[tuple[str, str]]) -> None:
+        """Unhealthy IDs dropped from the inventory (``Change.forgotten``: (resource, ID))."""
+        for resource, _id in forgotten:
+            self.forgotten[resource] += 1
 
     def recent(self, limit: Optional[int] = None) -> list[EventRecord]:
         """The last ``limit`` (default all kept) uevents and resyncs, oldest first."""

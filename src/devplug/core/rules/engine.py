@@ -17,8 +17,9 @@ from collections.abc import Iterable, Sequence
 from typing import Optional
 
 from ..device import Device, PathMode
+from . import escape
 from .matchers import PARENT_KEYS, attr_value
-from .model import DEFAULT_DOMAIN, DEFAULT_PERMISSIONS, Claim, Mount, RuleRef, RuleTrace
+from .model import DEFAULT_DOMAIN, DEFAULT_PERMISSIONS, Claim, Mount, RuleError, RuleRef, RuleTrace
 from .rule import Assign, Rule
 from .validate import full_resource
 
@@ -46,10 +47,18 @@ class Evaluation:
 
 
 class _Claim:
-    """Accumulates assignments with udev's override / final (``:=``) rules."""
+    """Accumulates assignments with udev's override / final (``:=``) rules.
+
+    What a container gets (``CONTAINER_PATH``, ``MOUNT``, ``CONTAINER_ENV``, ``ANNOTATION``)
+    is expanded by ``escape``: a path that cannot be made safe for this device is kept as
+    a :class:`RuleError` in its slot, so a later assignment can still override it, and the
+    errors left at the end refuse the device (``Claim.errors``).
+    """
 
     def __init__(self) -> None:
         self.values: dict[str, Optional[str]] = {}
+        self.errors: dict[str, tuple[RuleError, RuleRef]] = {}  # slot -> why its value is unusable
+        self.mount_errors: list[tuple[RuleError, RuleRef]] = []
         self.final: set[str] = set()
         self.mounts: list[Mount] = []
         self.envs: dict[str, str] = {}
@@ -83,21 +92,34 @@ class _Claim:
             self.values[key] = a.value or None
             if key == "RESOURCE":
                 self.rule = ref if a.value else None
-        elif key in ("DEVICE_ID", "CONTAINER_PATH"):
+        elif key == "DEVICE_ID":
             self.values[key] = a.templates[0].expand(ev.device, ev.dev_parent, ev.env) if a.value else None
+        elif key == "CONTAINER_PATH":
+            self.errors.pop(key, None)
+            self.values[key] = None
+            if a.value:
+                try:
+                    self.values[key] = escape.expand_path(a.templates[0], ev.device, ev.dev_parent, ev.env,
+                                                          default_root=escape.CONTAINER_ROOT)
+                except escape.SubstitutionError as exc:
+                    self.errors[key] = (RuleError(a.location, f"CONTAINER_PATH: {exc}"), ref)
         elif key == "MOUNT":
             if a.op != "+=":
                 self.mounts.clear()
+                self.mount_errors.clear()
             if a.value:
-                host, container = (t.expand(ev.device, ev.dev_parent, ev.env) for t in a.templates)
-                # A template that expanded to a relative path (an empty %E{}) cannot be mounted.
-                if host.startswith("/") and container.startswith("/"):
+                try:
+                    host, container = (escape.expand_path(t, ev.device, ev.dev_parent, ev.env)
+                                       for t in a.templates)
+                except escape.SubstitutionError as exc:
+                    self.mount_errors.append((RuleError(a.location, f"MOUNT: {exc}"), ref))
+                else:
                     mount = Mount(host, container, a.read_only)
                     self.mounts[:] = [m for m in self.mounts if m.container_path != container] + [mount]
         elif key == "CONTAINER_ENV":
-            self.envs[a.name] = a.templates[0].expand(ev.device, ev.dev_parent, ev.env)  # type: ignore[index]
+            self.envs[a.name] = escape.expand_value(a.templates[0], ev.device, ev.dev_parent, ev.env)  # type: ignore[index]
         elif key == "ANNOTATION":
-            self.annotations[a.name] = a.templates[0].expand(ev.device, ev.dev_parent, ev.env)  # type: ignore[index]
+            self.annotations[a.name] = escape.expand_value(a.templates[0], ev.device, ev.dev_parent, ev.env)  # type: ignore[index]
         elif key == "OPTIONS":
             if a.op == "-=":
                 self.options -= a.options
@@ -108,6 +130,7 @@ class _Claim:
 
     def result(self, domain: str) -> Claim:
         resource = self.values.get("RESOURCE")
+        failed = list(self.errors.values()) + self.mount_errors if resource else []
         return Claim(
             resource=full_resource(resource, domain) if resource else None,
             permissions=self.values.get("PERMISSIONS") or DEFAULT_PERMISSIONS,
@@ -120,6 +143,8 @@ class _Claim:
             options=frozenset(self.options),
             rule=self.rule if resource else None,
             matched=tuple(self.matched),
+            errors=tuple(e for e, _ref in failed),
+            error_rule=failed[0][1] if failed else None,
         )
 
 

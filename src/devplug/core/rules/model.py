@@ -13,6 +13,11 @@ import attrs
 DEFAULT_DOMAIN = "devplug.io"
 DEFAULT_PERMISSIONS = "rw"
 
+#: Rule ``OPTIONS`` words (each adds more device nodes to a container: ``core.edits``).
+OPT_SYMLINKS = "symlinks"
+OPT_USB_NODE = "usb_node"
+OPTIONS = frozenset({OPT_SYMLINKS, OPT_USB_NODE})
+
 
 @attrs.frozen(slots=True)
 class Location:
@@ -74,6 +79,9 @@ class Claim:
     when no rule claimed the device (or the last word was ``RESOURCE=""``). Templates
     (``DEVICE_ID``, ``CONTAINER_PATH``, mount paths, env and annotation values) are already
     expanded against the device. ``rule`` is the rule that last set ``RESOURCE``.
+    ``errors`` are the assignments whose templates gave no safe value for this device
+    (``escape``): a claim with errors is refused, never half-offered. ``error_rule`` is the
+    rule of the first.
     """
 
     resource: Optional[str]
@@ -87,6 +95,13 @@ class Claim:
     options: frozenset[str] = frozenset()
     rule: Optional[RuleRef] = None
     matched: tuple[RuleRef, ...] = ()
+    errors: tuple[RuleError, ...] = ()
+    error_rule: Optional[RuleRef] = None
+
+    @property
+    def refused(self) -> bool:
+        """Claimed, but some template gave no safe value: the device must not be offered."""
+        return self.resource is not None and bool(self.errors)
 
     @property
     def resource_name(self) -> Optional[str]:

@@ -14,7 +14,7 @@ from typing import Optional, Union
 
 from .lexer import LogicalLine, Token, TokenError, logical_lines, tokenize
 from .matchers import ORDER, AttrMatch, EnvMatch, ListMatch, Match, ParentGroup, TestMatch
-from .model import Location, RuleError, RuleRef
+from .model import OPTIONS, Location, RuleError, RuleRef
 from .pattern import compile_pattern, glob_to_regex, split_alternatives
 from .rule import Assign, Check, Rule
 from .template import Template, TemplateError, has_substitutions
@@ -26,7 +26,6 @@ _PLAIN_MATCH_KEYS = ("ACTION", "DEVPATH", "KERNEL", "SUBSYSTEM", "DRIVER", "KERN
 DEVICE_MATCH_KEYS = frozenset(_PLAIN_MATCH_KEYS + ("ATTR", "ATTRS", "ENV", "TEST"))
 ASSIGN_KEYS = ("RESOURCE", "PERMISSIONS", "SHARE", "DEVICE_ID", "CONTAINER_PATH", "MOUNT", "CONTAINER_ENV",
                "ANNOTATION", "OPTIONS")
-OPTIONS = frozenset({"symlinks", "usb_node"})
 KNOWN_KEYS = tuple(sorted(DEVICE_MATCH_KEYS | set(ASSIGN_KEYS) | {"HOSTPATH", "GOTO", "LABEL"}))
 
 _UNSUPPORTED = {

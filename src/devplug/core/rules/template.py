@@ -9,7 +9,7 @@ devplug rule is checked up front rather than warned about at run time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Optional, Union
 
 import attrs
@@ -168,6 +168,16 @@ class Template:
             else:
                 out.append(_subst(p, dev, parent, env))
         return "".join(out)
+
+    def pieces(self, dev: Device, parent: Optional[Device],
+               env: Callable[[str], Optional[str]]) -> Iterator[tuple[Optional[Subst], str]]:
+        """Each part with its text: ``(None, literal)`` or ``(substitution, its value)``, so
+        a caller can treat what the device supplied differently (``escape``)."""
+        for p in self.parts:
+            if isinstance(p, str):
+                yield None, p
+            else:
+                yield p, _subst(p, dev, parent, env)
 
 
 def _subst(s: Subst, dev: Device, parent: Optional[Device], env: Callable[[str], Optional[str]]) -> str:
