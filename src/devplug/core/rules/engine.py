@@ -283,7 +283,7 @@ class RuleSet:
         ev = Evaluation(dev, "add", path_mode)
         acc = _Claim()
         for rule in self._hostpath_rules:
-            if rule.hostpath_regex is not None and rule.hostpath_regex.fullmatch(path):
+            if any(p.matches(path) for p in rule.hostpath_patterns):
                 acc.matched.append(rule.ref)
                 for a in rule.assigns:
                     acc.apply(a, ev, rule.ref)

@@ -15,7 +15,7 @@ from typing import Optional, Union
 from .lexer import LogicalLine, Token, TokenError, logical_lines, tokenize
 from .matchers import ORDER, AttrMatch, EnvMatch, ListMatch, Match, ParentGroup, TestMatch
 from .model import Location, RuleError, RuleRef
-from .pattern import compile_pattern, glob_to_regex, split_alternatives
+from .pattern import compile_path, compile_pattern, split_alternatives
 from .rule import Assign, Check, Rule
 from .template import Template, TemplateError, has_substitutions
 from . import validate
@@ -306,8 +306,8 @@ def _build_rule(line: LogicalLine, tokens: list[Token], errors: list[RuleError])
         return None
     ref = RuleRef(line.file, line.line, line.text.strip())
     if hostpath:
-        regex = re.compile("|".join(f"(?:{glob_to_regex(p, pathname=True)})" for p in hostpath))
-        return Rule(ref=ref, assigns=tuple(assigns), hostpath=hostpath, hostpath_regex=regex)
+        return Rule(ref=ref, assigns=tuple(assigns), hostpath=hostpath,
+                    hostpath_patterns=tuple(compile_path(p) for p in hostpath))
     device_checks = sorted((m for m in matches if not m.is_parent), key=lambda m: ORDER[m.key])
     parents = tuple(m for m in matches if m.is_parent)
     checks: list[Check] = list(device_checks)

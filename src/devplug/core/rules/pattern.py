@@ -4,39 +4,24 @@ udev (``rule_line_add_token`` / ``token_match_string`` in systemd 252) classifie
 ``""`` is *empty* (matches an empty or missing value); ``"?*"`` becomes *not empty* with the
 operator flipped; ``subsystem``/``bus``/``class`` for ``SUBSYSTEM`` match any of the three;
 a value containing ``*?[`` is a *glob*, each alternative matched with ``fnmatch(p, s, 0)``
-(``*`` crosses ``/``, backslash escapes, ``[!..]``/``[^..]``, ``[:class:]``); otherwise each
-alternative is compared literally (a backslash is then just a backslash). An empty
-alternative (``"|foo"``, ``"a||b"``, ``"foo|"``) additionally matches an empty value.
+(see :mod:`.fnmatch`: byte-wise, ``*`` crosses ``/``, backslash escapes, glibc's brackets);
+otherwise each alternative is compared literally (a backslash is then just a backslash). An
+empty alternative (``"|foo"``, ``"a||b"``, ``"foo|"``) additionally matches an empty value.
 
-Patterns compile once to a frozenset (literals) or one regular expression (globs).
+Patterns compile once to a tuple of literals or a :class:`~.fnmatch.Glob` (whose regular
+expression is built on first use: most rules of a large set never meet a device that gets
+that far).
 """
 
 from __future__ import annotations
 
 import enum
-import re
 from typing import Optional
 
-import attrs
+from .fnmatch import Glob
 
 GLOB_CHARS = frozenset("*?[")
 SUBSYSTEM_WORDS = frozenset({"subsystem", "bus", "class"})
-
-_CLASSES = {
-    "alnum": r"0-9A-Za-z",
-    "alpha": r"A-Za-z",
-    "blank": r" \t",
-    "cntrl": r"\x00-\x1f\x7f",
-    "digit": r"0-9",
-    "graph": r"\x21-\x7e",
-    "lower": r"a-z",
-    "print": r"\x20-\x7e",
-    "punct": r"!-/:-@\[-`{-~",
-    "space": r" \t\n\r\x0b\x0c",
-    "upper": r"A-Z",
-    "xdigit": r"0-9A-Fa-f",
-}
-_NEVER = "(?!)"
 
 
 class Kind(enum.Enum):
@@ -145,17 +130,21 @@ def glob_to_regex(pat: str, *, pathname: bool = False) -> str:
     return "".join(out)
 
 
-@attrs.frozen(slots=True, eq=False)
 class Pattern:
-    """A compiled udev match value (see the module docstring)."""
+    """A compiled udev match value (see the module docstring). Immutable once built."""
 
-    source: str
-    kind: Kind
-    alternatives: tuple[str, ...]
-    with_empty: bool
-    literals: frozenset[str]
-    regex: Optional[re.Pattern[str]]
-    prefixes: Optional[tuple[str, ...]] = None  # fast path: every alternative is "literal*"
+    __slots__ = ("source", "kind", "alternatives", "with_empty", "literals", "glob", "prefixes")
+
+    def __init__(self, source: str, kind: Kind, alternatives: tuple[str, ...], with_empty: bool,
+                 glob: Optional[Glob] = None, prefixes: Optional[tuple[str, ...]] = None) -> None:
+        self.source = source
+        self.kind = kind
+        self.alternatives = alternatives
+        self.with_empty = with_empty
+        #: the values a PLAIN pattern accepts (a tuple: most have one, and a tuple is small)
+        self.literals: tuple[str, ...] = alternatives if kind is Kind.PLAIN else ()
+        self.glob = glob
+        self.prefixes = prefixes  # fast path: every alternative is "ascii-literal*"
 
     def matches(self, value: Optional[str]) -> bool:
         """Whether ``value`` (``None`` = missing, compared as ``""``) matches, before ``!=``."""
@@ -172,13 +161,16 @@ class Pattern:
                 return True
             if self.prefixes is not None:
                 return s.startswith(self.prefixes)
-            return self.regex is not None and self.regex.fullmatch(s) is not None
+            return self.glob is not None and self.glob.matches(s)
         return s in SUBSYSTEM_WORDS
 
     @property
     def is_literal(self) -> bool:
         """Only plain alternatives, no empty one: the value must be one of ``literals``."""
         return self.kind is Kind.PLAIN and not self.with_empty and bool(self.literals)
+
+    def __repr__(self) -> str:
+        return f"Pattern({self.source!r}, {self.kind.value})"
 
 
 def split_alternatives(value: str) -> tuple[tuple[str, ...], bool]:
@@ -205,22 +197,20 @@ def compile_pattern(value: str, *, subsystem_key: bool = False, pathname: bool =
         kind = Kind.GLOB
     else:
         kind = Kind.PLAIN
-    regex = None
+    glob = None
     prefixes = None
-    if kind is Kind.GLOB:
-        body = "|".join(f"(?:{glob_to_regex(a, pathname=pathname)})" for a in alts) or _NEVER
-        regex = re.compile(body)
-        if not pathname and alts and all(a.endswith("*") and not any(c in a[:-1] for c in "*?[\\") for a in alts):
+    if kind is Kind.GLOB and alts:
+        if not pathname and all(a.endswith("*") and a.isascii() and not any(c in a[:-1] for c in "*?[\\")
+                                for a in alts):
             prefixes = tuple(a.rstrip("*") for a in alts)
-    return (
-        Pattern(
-            source=value,
-            kind=kind,
-            alternatives=alts,
-            with_empty=with_empty,
-            literals=frozenset(alts) if kind is Kind.PLAIN else frozenset(),
-            regex=regex,
-            prefixes=prefixes,
-        ),
-        flip,
-    )
+        else:
+            glob = Glob(alts, pathname)
+    return Pattern(value, kind, alts, with_empty, glob, prefixes), flip
+
+
+def compile_path(path: str) -> Pattern:
+    """One HOSTPATH alternative: a literal path, or an ``fnmatch(FNM_PATHNAME)`` glob when it
+    has ``*?[``. Each alternative is classified on its own (unlike udev's ``|`` values), so
+    the host path watcher (``sources.hostpath``) expands exactly what this matches."""
+    pattern, _flip = compile_pattern(path, pathname=True)
+    return pattern

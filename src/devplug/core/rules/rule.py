@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Optional, Union
 
 import attrs
 
 from .matchers import Match, ParentGroup
 from .model import Location, RuleRef
+from .pattern import Pattern
 from .template import Template
 
 Check = Union[Match, ParentGroup]
@@ -53,7 +53,7 @@ class Rule:
     matches: tuple[Match, ...] = ()
     assigns: tuple[Assign, ...] = ()
     hostpath: tuple[str, ...] = ()
-    hostpath_regex: Optional[re.Pattern[str]] = None
+    hostpath_patterns: tuple[Pattern, ...] = ()
     label: Optional[str] = None
     goto: Optional[str] = None
     goto_location: Optional[Location] = None
@@ -77,7 +77,7 @@ class Rule:
         """Literal ``SUBSYSTEM==`` values this rule requires, or None when unconstrained."""
         for m in self.matches:
             if m.key == "SUBSYSTEM" and m.want and m.pattern.is_literal:
-                return m.pattern.literals
+                return frozenset(m.pattern.literals)
         return None
 
     def __str__(self) -> str:
