@@ -14,7 +14,7 @@ the rules that can still match, in order.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Optional
+from typing import Optional, Union
 
 from ..device import Device, PathMode
 from .matchers import PARENT_KEYS, attr_value
@@ -158,28 +158,37 @@ class RuleSet:
         self.rules: tuple[Rule, ...] = tuple(rules)
         self._device_rules = tuple(r for r in self.rules if not r.is_hostpath)
         self._hostpath_rules = tuple(r for r in self.rules if r.is_hostpath)
-        labels: dict[tuple[str, str], list[int]] = {}
-        for k, r in enumerate(self._device_rules):
-            if r.label is not None:
-                labels.setdefault((r.ref.file, r.label), []).append(k)
+        # Each GOTO jumps to the first LABEL of that name after it in its file: one pass
+        # backwards, remembering the nearest label of each name seen so far (linear).
         self._goto: dict[int, int] = {}
-        for k, r in enumerate(self._device_rules):
+        nearest: dict[tuple[str, str], int] = {}
+        for k in range(len(self._device_rules) - 1, -1, -1):
+            r = self._device_rules[k]
             if r.goto is not None:
-                target = next((t for t in labels.get((r.ref.file, r.goto), ()) if t > k), None)
+                target = nearest.get((r.ref.file, r.goto))
                 if target is not None:
                     self._goto[k] = target
+            if r.label is not None:
+                nearest[(r.ref.file, r.label)] = k
         self._always: list[int] = []
-        self._index: dict[tuple[str, Optional[str], bool], dict[str, list[int]]] = {}
+        # literal -> rule number, or a list of them when several rules share the literal
+        self._index: dict[tuple[str, Optional[str], bool], dict[str, Union[int, list[int]]]] = {}
         for k, r in enumerate(self._device_rules):
             if r.is_label_only:
                 continue
-            if r.index is None:
+            m = r.index
+            if m is None:
                 self._always.append(k)
                 continue
-            kind, values = r.index
-            table = self._index.setdefault(kind, {})
-            for v in values:
-                table.setdefault(v, []).append(k)
+            table = self._index.setdefault((m.key, m.name, m.strip), {})
+            for v in m.pattern.literals:
+                have = table.get(v)
+                if have is None:
+                    table[v] = k
+                elif isinstance(have, int):
+                    table[v] = [have, k]
+                else:
+                    have.append(k)
 
     # ---- static facts ------------------------------------------------------------------
     @property
@@ -218,7 +227,11 @@ class RuleSet:
         for kind, table in self._index.items():
             for v in _chain_values(kind, device):
                 hit = table.get(v)
-                if hit:
+                if hit is None:
+                    continue
+                if isinstance(hit, int):
+                    cands.add(hit)
+                else:
                     cands.update(hit)  # a rule may be listed under several values of one chain
         return sorted(cands)
 

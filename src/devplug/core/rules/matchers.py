@@ -39,15 +39,14 @@ def attr_value(value: Optional[str], strip: bool) -> Optional[str]:
 class Match:
     """One ``KEY==/!=value`` of a rule."""
 
-    __slots__ = ("key", "name", "pattern", "want", "text", "where", "_get", "strip", "name_template")
+    __slots__ = ("key", "name", "pattern", "want", "text", "_get", "strip", "name_template")
 
-    def __init__(self, key: str, name: Optional[str], pattern: Pattern, want: bool, text: str, where: object) -> None:
+    def __init__(self, key: str, name: Optional[str], pattern: Pattern, want: bool, text: str) -> None:
         self.key = key
         self.name = name
         self.pattern = pattern
         self.want = want  # True: the pattern must match (==); False: must not (!=)
-        self.text = text
-        self.where = where  # Location
+        self.text = text  # as written; one Match serves every rule with the same token text
         self.strip = False
         self.name_template: Optional[Template] = None
         self._get: Callable[[Device, "Evaluation"], Optional[str]] = _GETTERS.get(key, _no_value)
@@ -149,8 +148,8 @@ class TestMatch(Match):
 
     __slots__ = ("mode",)
 
-    def __init__(self, key: str, path: Template, mode: Optional[int], want: bool, text: str, where: object, pattern: Pattern) -> None:
-        super().__init__(key, None, pattern, want, text, where)
+    def __init__(self, key: str, path: Template, mode: Optional[int], want: bool, text: str, pattern: Pattern) -> None:
+        super().__init__(key, None, pattern, want, text)
         self.name_template = path
         self.mode = mode
 

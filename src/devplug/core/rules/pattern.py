@@ -175,6 +175,8 @@ class Pattern:
 
 def split_alternatives(value: str) -> tuple[tuple[str, ...], bool]:
     """udev's nulstr conversion: non-empty alternatives, and whether an empty one existed."""
+    if "|" not in value:
+        return ((value,), False) if value else ((), True)
     parts = value.split("|")
     alts = tuple(p for p in parts if p)
     return alts, len(alts) != len(parts)
@@ -193,7 +195,7 @@ def compile_pattern(value: str, *, subsystem_key: bool = False, pathname: bool =
         kind = Kind.EMPTY
     elif value == "?*":
         kind, flip = Kind.EMPTY, True
-    elif any(c in GLOB_CHARS for c in value):
+    elif "*" in value or "?" in value or "[" in value:
         kind = Kind.GLOB
     else:
         kind = Kind.PLAIN
