@@ -197,7 +197,7 @@ class Daemon:
     async def reload(self) -> None:
         """New rules: keep the last good ones on error, else re-evaluate everything."""
         try:
-            ruleset = rulefiles.read_rules(self.config.rules_paths)
+            ruleset = rulefiles.read_rules(self.config.rules_paths, max_bytes=self.config.max_rules_bytes)
         except RulesError as exc:
             self.rules_error = str(exc)
             for err in exc.errors:
@@ -259,7 +259,7 @@ async def _serve(config: Config, ruleset: RuleSet) -> None:
 
 
 def load(config: Config) -> RuleSet:
-    return rulefiles.read_rules(config.rules_paths)
+    return rulefiles.read_rules(config.rules_paths, max_bytes=config.max_rules_bytes)
 
 
 def _log_resync(reason: str, change: Change) -> None:

@@ -16,13 +16,16 @@ DEFAULT_PERMISSIONS = "rw"
 
 @attrs.frozen(slots=True)
 class Location:
-    """Where something sits in a rules file; ``column`` is 1-based, 0 when unknown."""
+    """Where something sits in a rules file; ``column`` is 1-based, 0 when unknown;
+    ``line`` 0 is the file as a whole (it cannot be read, or is not a rules file)."""
 
     file: str
     line: int
     column: int = 0
 
     def __str__(self) -> str:
+        if not self.line:
+            return self.file
         if self.column:
             return f"{self.file}:{self.line}:{self.column}"
         return f"{self.file}:{self.line}"
