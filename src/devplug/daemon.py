@@ -23,8 +23,7 @@ from .lib.logs import kv
 from .ops import debug
 from .ops.cdi import CdiWriter
 from .ops.telemetry import Telemetry
-from .sources import hostpath, rulefiles
-from .sources.fs import path_mode
+from .sources import hostpath, rulefiles, system
 from .sources.udev import DeviceEvent, Resync, UdevSource, find_device
 
 log = logging.getLogger("devplug")
@@ -40,7 +39,7 @@ class Daemon:
         self.inventory = Inventory()
         self.telemetry = Telemetry(self.inventory)
         self.monitor_running = False
-        self.pipeline = Pipeline(ruleset, self.inventory, domain=config.domain, path_mode=path_mode)
+        self.pipeline = Pipeline(ruleset, self.inventory, domain=config.domain, path_mode=system.host())
         self.cdi = CdiWriter(config.cdi_spec_dir, vendor_domain=config.domain) if config.cdi_spec_dir else None
         self.kubelet = KubeletAdapter(
             plugin_dir=config.plugin_dir,

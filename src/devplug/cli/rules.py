@@ -10,7 +10,6 @@ from typing import Any, Optional
 
 from .. import config
 from ..core.rules import Claim, RuleSet, RulesError, check_domain
-from ..sources.fs import path_mode
 from ..sources.rulefiles import read_rules
 
 DEFAULT_DOMAIN = config.DOMAIN
@@ -99,7 +98,10 @@ def assignments(claim: Claim) -> dict[str, Any]:
 
 def run_test(args: argparse.Namespace) -> int:
     from ..core import identity
+    from ..sources.system import host
     from ..sources.udev import DeviceNotFound, find_device
+
+    path_mode = host()
 
     ruleset = _load(args.rules or [config.default_rules_path()], args.domain, args.max_rules_bytes)
     if isinstance(ruleset, int):

@@ -129,8 +129,11 @@ def test_crlf_line_endings():
         ('KERNEL=="a", GOTO="end", RESOURCE="x"', 't.rules:1:14: GOTO="end" has no LABEL="end" after it in this file'),
         ('KERNEL==e"\\q", RESOURCE="x"', "t.rules:1:11: invalid escape '\\q' in e\"...\" string"),
         ('KERNEL==e"\\x00", RESOURCE="x"', "t.rules:1:11: invalid escape '\\x00'"),
-        ('KERNEL=="a", ATTRS{[tty/ttyS0]x}=="1", RESOURCE="x"',
-         "t.rules:1:20: ATTRS{[subsystem/kernel]attribute} (another device's attribute) is not supported"),
+        ('KERNEL=="a", ATTRS{[tty/ttyS0]}=="1", RESOURCE="x"',
+         "t.rules:1:20: ATTRS{[tty/ttyS0]}: another device's attribute is written [subsystem/sysname]attribute"),
+        ('CONST{cvm}=="none", RESOURCE="x"', "t.rules:1:7: CONST{cvm}: udev knows CONST{arch} and CONST{virt}"),
+        ('SYSCTL{kernel.x}="1", RESOURCE="x"',
+         "t.rules:1:17: SYSCTL= is not supported: devplug never writes sysctls (match them with SYSCTL{}==)"),
     ],
 )
 def test_error_messages_and_locations(text, expected):

@@ -14,7 +14,8 @@ import sys
 from typing import Optional, Union
 
 from .lexer import LogicalLine, Token, TokenError, iter_logical_lines, token_at, token_texts, tokenize
-from .matchers import ORDER, AttrMatch, EnvMatch, ListMatch, Match, ParentGroup, TestMatch
+from .host import split_subsys_kernel
+from .matchers import ORDER, AttrMatch, ConstMatch, EnvMatch, ListMatch, Match, ParentGroup, SysctlMatch, TestMatch
 from .model import Location, RuleError, RuleRef
 from .pattern import compile_path, compile_pattern, split_alternatives
 from .rule import Assign, Check, Rule
@@ -24,7 +25,7 @@ from . import validate
 MATCH_OPS = ("==", "!=")
 _PLAIN_MATCH_KEYS = ("ACTION", "DEVPATH", "KERNEL", "SUBSYSTEM", "DRIVER", "KERNELS", "SUBSYSTEMS", "DRIVERS",
                      "TAGS", "SYMLINK", "NAME", "TAG")
-DEVICE_MATCH_KEYS = frozenset(_PLAIN_MATCH_KEYS + ("ATTR", "ATTRS", "ENV", "TEST"))
+DEVICE_MATCH_KEYS = frozenset(_PLAIN_MATCH_KEYS + ("ATTR", "ATTRS", "ENV", "TEST", "CONST", "SYSCTL"))
 ASSIGN_KEYS = ("RESOURCE", "PERMISSIONS", "SHARE", "DEVICE_ID", "CONTAINER_PATH", "MOUNT", "CONTAINER_ENV",
                "ANNOTATION", "OPTIONS")
 OPTIONS = frozenset({"symlinks", "usb_node"})
@@ -39,8 +40,6 @@ _UNSUPPORTED = {
     "GROUP": "node ownership is udev's job; devplug sets the container's access with PERMISSIONS",
     "MODE": "node modes are udev's job; devplug sets the container's access with PERMISSIONS",
     "SECLABEL": "security labels are udev's job",
-    "SYSCTL": "devplug does not read or write sysctls",
-    "CONST": "devplug does not support CONST{}",
     "WAIT_FOR": "WAIT_FOR is obsolete and not supported",
     "WAIT_FOR_SYSFS": "WAIT_FOR_SYSFS is obsolete and not supported",
 }
@@ -49,6 +48,8 @@ _NO_ASSIGN = {
     "NAME": "devplug does not rename devices (match with NAME==)",
     "TAG": "devplug does not tag devices (match tags with TAG==)",
     "ATTR": "devplug never writes sysfs attributes (match them with ATTR{}==)",
+    "SYSCTL": "devplug never writes sysctls (match them with SYSCTL{}==)",
+    "CONST": "CONST{} is a match key (==, !=)",
 }
 # udev refuses to let rules set these (parse_token, ENV).
 _ENV_READONLY = frozenset({"ACTION", "DEVLINKS", "DEVNAME", "DEVPATH", "DEVTYPE", "DRIVER", "IFINDEX", "MAJOR",
@@ -109,13 +110,24 @@ def _compile_match(tok: Token) -> Match:
         return ListMatch(key, None, pattern, want, tok.text)
     if key == "ENV":
         return EnvMatch(key, _need_attr(tok), pattern, want, tok.text)
+    if key == "CONST":
+        name = _need_attr(tok)
+        if name not in ("arch", "virt"):
+            raise _Bad(tok.attr_at, f"CONST{{{name}}}: udev knows CONST{{arch}} and CONST{{virt}}")
+        return ConstMatch(key, name, pattern, want, tok.text)
+    if key == "SYSCTL":
+        m = SysctlMatch(key, _need_attr(tok), pattern, want, tok.text)
+        if has_substitutions(m.name):  # type: ignore[arg-type]
+            m.name_template = _template(m.name, tok.attr_at)  # type: ignore[arg-type]
+        return m
     if key in ("ATTR", "ATTRS"):
         name = _need_attr(tok)
-        if name.startswith("["):
-            raise _Bad(tok.attr_at, f"{key}{{[subsystem/kernel]attribute}} (another device's attribute) is not supported")
+        if name.startswith("[") and (split_subsys_kernel(name) or (None, None, None))[2] is None:
+            raise _Bad(tok.attr_at, f"{key}{{{name}}}: another device's attribute is written "
+                                    "[subsystem/sysname]attribute")
         m = AttrMatch(key, name, pattern, want, tok.text)
         m.strip = _strip_flag(tok.value)
-        if has_substitutions(name):
+        if has_substitutions(name) and not name.startswith("["):
             m.name_template = _template(name, tok.attr_at)
         return m
     if key == "TEST":
@@ -126,8 +138,6 @@ def _compile_match(tok: Token) -> Match:
             mode = int(tok.attr, 8)
         if not tok.value:
             raise _Bad(tok.value_at, "TEST needs a path")
-        if tok.value.startswith("["):
-            raise _Bad(tok.value_at, "TEST with '[subsystem/kernel]' paths is not supported")
         return TestMatch(key, _template(tok.value, tok.value_at + 1), mode, tok.op == "==", tok.text, pattern)
     _no_attr(tok)
     return Match(key, None, pattern, want, tok.text)
@@ -250,6 +260,8 @@ def _index(matches: list[Match]) -> Optional[Match]:
     for m in matches:
         if not m.want or not m.pattern.is_literal or m.name_template is not None or m.key not in _INDEX_PREFERENCE:
             continue
+        if m.name is not None and m.name.startswith("["):
+            continue  # another device's attribute: not a fact of this device's chain
         rank = _INDEX_PREFERENCE.index(m.key)
         if best is None or rank < best[0]:
             best = (rank, m)
