@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -135,10 +136,42 @@ def device_syspath(subsystem: str, sysname: str, *, sys_root: str = "/sys") -> O
     return None
 
 
-def read_attr(syspath: str, attr: str) -> Optional[str]:
-    from .udev.records import read_sysattr  # only rules that name another device pay for pyudev
+_LINK_ATTRS = frozenset({"driver", "subsystem", "module"})
 
-    return read_sysattr(syspath, attr)
+
+def read_attr(syspath: str, attr: str) -> Optional[str]:
+    """Another device's attribute as ``udev_resolve_subsys_kernel`` reads it: missing or not
+    permitted reads as ``""``; any other failure (a directory, a symlink other than
+    driver/subsystem/module, an I/O error such as a power attribute the device lacks) is
+    None, and the key then fails whatever its operator."""
+    path = os.path.join(syspath, attr)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return ""
+    except PermissionError:
+        return ""
+    except OSError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        if attr not in _LINK_ATTRS:
+            return None
+        try:
+            return os.path.basename(os.readlink(path))
+        except OSError:
+            return None
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    if not st.st_mode & stat.S_IRUSR:
+        return ""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            raw = f.read(4096)
+    except (FileNotFoundError, PermissionError):
+        return ""
+    except OSError:
+        return None
+    return raw.rstrip(b"\n\r").split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
 def list_dir(path: str) -> Optional[Sequence[str]]:

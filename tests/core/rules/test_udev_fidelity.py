@@ -124,7 +124,7 @@ def test_env_values_of_512_bytes_or_more_are_refused(vda):
 def test_machine_keys_read_through_the_host(vda):
     sysctls = {"kernel/ostype": "Linux\n", "net/ipv4/ip_forward": "1\n", "kernel/printk": "4\t4\t1\t7\n"}
     devices = {("mem", "null"): "/sys/devices/virtual/mem/null"}
-    attrs = {("/sys/devices/virtual/mem/null", "dev"): "1:3", ("/sys/devices/virtual/mem/null", "power/x"): None}
+    attrs = {("/sys/devices/virtual/mem/null", "dev"): "1:3", ("/sys/devices/virtual/mem/null", "power/x"): ""}
     host = Host(lambda p: stat.S_IFREG | 0o444 if p == "/sys/devices/virtual/mem/null/dev" else None,
                 sysctl=sysctls.get, device_syspath=lambda s, n: devices.get((s, n)),
                 read_attr=lambda sp, a: attrs.get((sp, a)), arch=lambda: "x86-64", virt=lambda: "kvm")

@@ -36,7 +36,9 @@ class Host:
         self.list_dir = list_dir  # directory entries in the order readdir gives them
         self.sysctl = sysctl  # raw content of /proc/sys/<normalized name>
         self.device_syspath = device_syspath  # (subsystem, sysname) -> syspath, as sd-device finds it
-        self.read_attr = read_attr  # (syspath, attribute) -> value, as sd_device_get_sysattr_value
+        # (syspath, attribute) -> value; "" when missing or not permitted, None when reading
+        # fails otherwise (udev_resolve_subsys_kernel)
+        self.read_attr = read_attr
         self.arch = arch  # systemd's architecture name ("x86-64", "arm64"…)
         self.virt = virt  # systemd's virtualization name ("none", "kvm", "docker"…)
 

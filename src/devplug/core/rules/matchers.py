@@ -140,7 +140,7 @@ class AttrMatch(Match):
             syspath = ev.host.device_syspath(parts[0], parts[1])
             if syspath is None:
                 return None
-            return ev.host.read_attr(syspath, parts[2]) or ""
+            return ev.host.read_attr(syspath, parts[2])
         return dev.read_attr(self._attr_name(dev, ev))
 
     def check(self, dev: Device, ev: "Evaluation") -> bool:
