@@ -22,8 +22,25 @@ UDEV_SOURCES = ("auto", "udev", "kernel")
 #: Netlink receive buffer asked for (the kernel doubles it; above net.core.rmem_max it
 #: needs CAP_NET_ADMIN). A thousand devices plugged at once fit with room to spare.
 NETLINK_BUFFER = 128 * 1024 * 1024
+#: Largest rules set devplug reads (all files together). Parsed rules cost about 6x their
+#: size in memory for typical rules and up to ~40x for tiny rules that all differ, so 1 MiB
+#: (~10,000 typical rules) stays inside the DaemonSet's memory limit whatever the content.
+MAX_RULES_BYTES = 1024 * 1024
 LOG_LEVEL = "info"
 LOG_FORMAT = "text"
+
+
+def parse_bytes(text: str) -> int:
+    """``1048576``, ``512K``, ``1M``, ``1MiB``, ``2G`` → bytes (binary multiples); ValueError."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = 1
+    if t and t[-1] in "KMG":
+        mult = 1024 ** ("KMG".index(t[-1]) + 1)
+        t = t[:-1]
+    value = int(t) * mult
+    if value <= 0:
+        raise ValueError(text)
+    return value
 
 
 def default_rules_path() -> str:
@@ -41,6 +58,7 @@ class Config:
     debug_socket: Optional[str] = DEBUG_SOCKET
     udev_source: str = UDEV_SOURCE
     netlink_buffer: int = NETLINK_BUFFER
+    max_rules_bytes: int = MAX_RULES_BYTES
     node_name: str = ""
     metrics_address: Optional[str] = None
     pre_start_check: bool = False

@@ -27,10 +27,9 @@ from .kubelet import KubeletAdapter
 from .lib import aio
 from .lib.logs import kv
 from .ops import debug
-from .ops.cdi import CdiWriter
+from .ops.cdi import CdiPublisher, CdiWriter
 from .ops.telemetry import Telemetry
-from .sources import hostpath, rulefiles
-from .sources.fs import path_mode
+from .sources import hostpath, rulefiles, system
 from .sources.udev import DeviceEvent, Resync, SourceItem, UdevSource, find_device, resolve_source
 
 log = logging.getLogger("devplug")
@@ -55,17 +54,19 @@ class Daemon:
     """The running daemon's state, shared by its tasks (all on one trio thread)."""
 
     def __init__(self, config: Config, ruleset: RuleSet, *, source_factory: Optional[SourceFactory] = None,
-                 paths: PathMode = path_mode, find: Callable[[str], Device] = find_device) -> None:
+                 paths: Optional[PathMode] = None, find: Callable[[str], Device] = find_device) -> None:
         self.config = config
         self.ruleset = ruleset
         self.rules_error: Optional[str] = None
         self.inventory = Inventory()
         self.telemetry = Telemetry(self.inventory)
         self.monitor_running = False
-        self.pipeline = Pipeline(ruleset, self.inventory, domain=config.domain, path_mode=paths)
+        # The machine as rules see it: TEST{}, SYSCTL{}, CONST{}, other devices' attributes.
+        self.pipeline = Pipeline(ruleset, self.inventory, domain=config.domain, path_mode=paths or system.host())
         self.cdi = CdiWriter(config.cdi_spec_dir, vendor_domain=config.domain) if config.cdi_spec_dir else None
         # With CDI, kubelet lists what was published after the specs were written.
         self.view = PublishedView(self.inventory) if self.cdi else None
+        self._cdi = CdiPublisher(self.cdi, self.view, self._notify) if self.cdi and self.view else None
         self.kubelet = KubeletAdapter(
             plugin_dir=config.plugin_dir,
             inventory=self.view or self.inventory,
@@ -83,9 +84,6 @@ class Daemon:
         self._consume_scope: Optional[trio.CancelScope] = None
         self._consume_done = trio.Event()
         self._hostpath_scope: Optional[trio.CancelScope] = None
-        self._cdi_pending: set[str] = set()
-        self._cdi_wake = trio.Event()
-        self._cdi_lock = trio.Lock()
 
     def _udev_source(self, subsystems: Optional[frozenset[str]], kind: str) -> Source:
         return UdevSource(source=kind, subsystems=subsystems, receive_buffer=self.config.netlink_buffer)
@@ -108,46 +106,13 @@ class Daemon:
         if new:
             self._served |= new
             self.kubelet.set_resources(self._served)
-        if self.cdi is None:
+        if self._cdi is None:
             self.kubelet.notify(change)
         else:
-            self._cdi_pending |= change.resources
-            self._cdi_wake.set()
+            self._cdi.mark(change.resources)
 
-    async def _flush_cdi(self) -> None:
-        """Write the specs of the resources changed since the last flush, then notify."""
-        assert self.cdi is not None
-        cdi = self.cdi
-        async with self._cdi_lock:
-            pending, self._cdi_pending = self._cdi_pending, set()
-            if not pending:
-                return
-            assert self.view is not None
-            # Entry tuples are immutable snapshots: safe to hand to the worker thread.
-            snapshot = self.view.snapshot(sorted(pending))
-
-            def write() -> None:
-                for resource, state in snapshot.items():
-                    try:
-                        if state is None:
-                            cdi.remove(resource)
-                        else:
-                            cdi.update(resource, state[1])
-                    except OSError as exc:
-                        log.error("cannot write CDI spec", extra=kv(resource=resource, path=exc.filename,
-                                                                    error=exc.strerror))
-
-            await trio.to_thread.run_sync(write)
-            # Publish the state the specs were written from, not what changed meanwhile:
-            # the next flush publishes that, after its own write.
-            self.view.publish(snapshot)
-            self.kubelet.notify(Change(resources=frozenset(pending)))
-
-    async def _cdi_writer(self) -> None:
-        while True:
-            await self._cdi_wake.wait()
-            self._cdi_wake = trio.Event()
-            await self._flush_cdi()
+    def _notify(self, resources: frozenset[str]) -> None:
+        self.kubelet.notify(Change(resources=resources))
 
     # ---- lifetime ---------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -169,9 +134,9 @@ class Daemon:
                                         self.config.metrics_address)
                 # Coldplug before serving: kubelet's first list is already complete.
                 await self._resync("coldplug")
-                if self.cdi is not None:
-                    await self._flush_cdi()
-                    nursery.start_soon(self._cdi_writer)
+                if self._cdi is not None:
+                    await self._cdi.flush()
+                    nursery.start_soon(self._cdi.run)
                 self.kubelet.set_resources(self._served)
                 await nursery.start(self.kubelet.run)
                 await self._start_hostpaths()
@@ -288,7 +253,7 @@ class Daemon:
         An unexpected error here is logged and counted, never allowed to stop the daemon:
         the devices keep being served under the last good rules."""
         try:
-            ruleset = await trio.to_thread.run_sync(rulefiles.read_rules, self.config.rules_paths)
+            ruleset = await trio.to_thread.run_sync(self._read_rules)
         except RulesError as exc:
             for err in exc.errors:
                 log.error("rules reload failed", extra=kv(error=str(err)))
@@ -303,6 +268,10 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - see the docstring
             log.exception("rules reload failed unexpectedly", extra=kv(error=repr(exc)))
             self._reload_failed(f"internal error while applying the rules: {exc!r}", "internal error")
+
+    def _read_rules(self) -> RuleSet:
+        """Parse the rules (a worker thread: a large set takes seconds)."""
+        return rulefiles.read_rules(self.config.rules_paths, max_bytes=self.config.max_rules_bytes)
 
     def _reload_failed(self, error: str, summary: str) -> None:
         self.rules_error = error
@@ -375,7 +344,7 @@ def _leaves(group: BaseExceptionGroup) -> list[OSError]:
 def main(config: Config) -> int:
     """Load the rules and run; user-fixable problems end in one line and a non-zero exit."""
     try:
-        ruleset = rulefiles.read_rules(config.rules_paths)
+        ruleset = rulefiles.read_rules(config.rules_paths, max_bytes=config.max_rules_bytes)
     except RulesError as exc:
         for err in exc.errors:
             log.error("rules invalid", extra=kv(error=str(err)))

@@ -141,3 +141,25 @@ async def test_rulewatch_configmap_swap_and_edit(tmp_path, monkeypatch):
         nursery.cancel_scope.cancel()
     assert len(calls) == 2 and calls[0] != calls[1]
     assert rulewatch.rule_files([str(mount)]) == [str(mount / "10-a.rules")]
+
+
+def test_expand_uses_the_rules_own_matcher(tmp_path):
+    """HOSTPATH expansion and HOSTPATH matching are one implementation (glibc fnmatch with
+    FNM_PATHNAME): '[^0]' negates and '*' matches dot-files, as in udev. Python's glob.glob,
+    used before, read '[^0]' as '^ or 0' and skipped dot-files, so the rule claimed paths
+    that were never offered and was offered paths it did not claim."""
+    from devplug.core.rules import RuleSet, parse_rules
+
+    for name in ("tty0", "tty1", "tty2", "tty^", ".hidden", "data"):
+        (tmp_path / name).write_text("")
+    patterns = [f"{tmp_path}/tty[^0]", f"{tmp_path}/*"]
+    assert hostpath.expand(patterns[:1]) == [str(tmp_path / n) for n in ("tty1", "tty2", "tty^")]
+    assert str(tmp_path / ".hidden") in hostpath.expand(patterns[1:])
+    text = "".join(f'HOSTPATH=="{p}", RESOURCE="r{k}"\n' for k, p in enumerate(patterns))
+    rules, errors = parse_rules(text, "h.rules")
+    assert not errors
+    ruleset = RuleSet(["h.rules"], rules)
+    offered = hostpath.expand(ruleset.hostpath_patterns())
+    assert offered == sorted(str(p) for p in tmp_path.iterdir())
+    for path in offered:
+        assert ruleset.evaluate_path(path).resource is not None, path

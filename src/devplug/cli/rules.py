@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from typing import Optional
 
 from .. import config
 from ..core.rules import RuleSet, RulesError, check_domain
-from ..sources.fs import path_mode
 from ..sources.rulefiles import read_rules
 
 DEFAULT_DOMAIN = config.DOMAIN
@@ -27,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "file:line:column: message (exit 1).")
     c.add_argument("paths", nargs="+", metavar="PATH", help="rules file or directory of *.rules")
     c.add_argument("--domain", default=DEFAULT_DOMAIN, help="resource domain for short names (default devplug.io)")
+    c.add_argument("--max-rules-bytes", type=_bytes, default=config.MAX_RULES_BYTES, metavar="BYTES",
+                   help="refuse a rules set larger than this, as devplug run does (default 1 MiB)")
     c.set_defaults(func=run_check)
 
     t = sub.add_parser("test", help="show which rules match devices and what they assign",
@@ -39,16 +38,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--explain", action="store_true", help="also show why each rule did not match")
     t.add_argument("--action", default="add", help="uevent action the rules see (default add)")
     t.add_argument("--domain", default=DEFAULT_DOMAIN, help="resource domain for short names (default devplug.io)")
+    t.add_argument("--max-rules-bytes", type=_bytes, default=config.MAX_RULES_BYTES, metavar="BYTES",
+                   help="refuse a rules set larger than this, as devplug run does (default 1 MiB)")
     t.set_defaults(func=run_test)
 
 
-def _load(paths: list[str], domain: str) -> RuleSet | int:
+def _bytes(text: str) -> int:
+    try:
+        return config.parse_bytes(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 1048576, 512K, 4M)") from None
+
+
+def _load(paths: list[str], domain: str, max_bytes: int = config.MAX_RULES_BYTES) -> RuleSet | int:
     err = check_domain(domain)
     if err:
         print(f"devplug: --domain: {err}", file=sys.stderr)
         return 2
     try:
-        return read_rules(paths)
+        return read_rules(paths, max_bytes=max_bytes)
     except RulesError as exc:
         for e in exc.errors:
             print(e, file=sys.stderr)
@@ -60,7 +68,7 @@ def _load(paths: list[str], domain: str) -> RuleSet | int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    ruleset = _load(args.paths, args.domain)
+    ruleset = _load(args.paths, args.domain, args.max_rules_bytes)
     if isinstance(ruleset, int):
         return ruleset
     n_rules = len(ruleset.rules)
@@ -76,9 +84,12 @@ def run_test(args: argparse.Namespace) -> int:
     from ..core import identity
     from ..core.claims import refusal
     from ..core.views import claim_json
+    from ..sources.system import host
     from ..sources.udev import DeviceNotFound, find_device
 
-    ruleset = _load(args.rules or [config.default_rules_path()], args.domain)
+    path_mode = host()
+
+    ruleset = _load(args.rules or [config.default_rules_path()], args.domain, args.max_rules_bytes)
     if isinstance(ruleset, int):
         return ruleset
     status = 0

@@ -17,6 +17,13 @@ def _env_bool(name: str) -> bool:
     return (_env(name, "") or "").lower() in ("1", "true", "yes", "on")
 
 
+def _bytes(text: str) -> int:
+    try:
+        return config.parse_bytes(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 1048576, 512K, 4M)") from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
@@ -36,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--netlink-buffer", type=int, default=int(_env("netlink-buffer", str(config.NETLINK_BUFFER)) or 0),
                    metavar="BYTES", help="netlink receive buffer to ask for (default 128 MiB; above "
                    "net.core.rmem_max it needs CAP_NET_ADMIN)")
+    p.add_argument("--max-rules-bytes", type=_bytes, default=_env("max-rules-bytes", str(config.MAX_RULES_BYTES)),
+                   metavar="BYTES", help="refuse a rules set larger than this (all files together; 512K, 1M…; "
+                   "default 1 MiB); on reload the last good rules stay")
     p.add_argument("--node-name", default=_env("node-name", os.environ.get("NODE_NAME") or os.uname().nodename),
                    help="node name for logs and annotations (default: $NODE_NAME or the host name)")
     p.add_argument("--metrics-address", default=_env("metrics-address", ""),
@@ -68,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         debug_socket=args.debug_socket or None,
         udev_source=args.udev_source,
         netlink_buffer=args.netlink_buffer,
+        max_rules_bytes=args.max_rules_bytes,
         node_name=args.node_name,
         metrics_address=args.metrics_address or None,
         pre_start_check=args.pre_start_check,

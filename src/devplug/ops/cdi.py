@@ -26,14 +26,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+import trio
 
 from ..core.edits import entry_edits
 from ..core.inventory import Entry
+from ..core.view import PublishedView, State
+from ..lib.logs import kv
+
+log = logging.getLogger("devplug.cdi")
 
 #: CDI device names: ASCII letters and digits at both ends, ``_ - . :`` allowed between.
 DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.:-]*[A-Za-z0-9])?$")
@@ -180,3 +187,56 @@ class CdiWriter:
             except FileNotFoundError:
                 pass
             raise
+
+
+class CdiPublisher:
+    """Keeps the specs current off the trio thread, and streams after the specs.
+
+    The daemon marks the resources a change touched; one task writes their specs in a
+    worker thread (the fsync must not block events or RPCs), then publishes the state it
+    wrote to the front doors' :class:`~devplug.core.view.PublishedView` and wakes them. So
+    any ID kubelet can list is already in the spec the runtime reads.
+    """
+
+    def __init__(self, writer: CdiWriter, view: PublishedView, notify: Callable[[frozenset[str]], None]) -> None:
+        self.writer = writer
+        self._view = view
+        self._notify = notify
+        self._pending: set[str] = set()
+        self._wake = trio.Event()
+        self._lock = trio.Lock()
+
+    def mark(self, resources: Iterable[str]) -> None:
+        """These resources changed (synchronous: called on the event path)."""
+        self._pending.update(resources)
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Write what changed since the last flush, publish it, wake the streams."""
+        async with self._lock:
+            pending, self._pending = self._pending, set()
+            if not pending:
+                return
+            # Entry tuples are immutable: the snapshot is safe in the worker thread.
+            snapshot = self._view.snapshot(sorted(pending))
+            await trio.to_thread.run_sync(self._write, snapshot)
+            # The state the specs were written from, not what changed meanwhile: the next
+            # flush publishes that, after its own write.
+            self._view.publish(snapshot)
+            self._notify(frozenset(pending))
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await self.flush()
+
+    def _write(self, snapshot: dict[str, State]) -> None:
+        for resource, state in snapshot.items():
+            try:
+                if state is None:
+                    self.writer.remove(resource)
+                else:
+                    self.writer.update(resource, state[1])
+            except OSError as exc:
+                log.error("cannot write CDI spec", extra=kv(resource=resource, path=exc.filename, error=exc.strerror))

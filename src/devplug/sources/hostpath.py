@@ -2,18 +2,21 @@
 
 Event-driven: inotify watches the deepest existing directory of each pattern's fixed
 prefix (and the directories its wildcards currently match), so a path appearing or
-vanishing re-expands the patterns at once. No polling.
+vanishing re-expands the patterns at once. No polling. Wildcards expand with the rules'
+own fnmatch, not Python's ``glob`` (which reads ``[^0]`` differently and skips dot-files),
+so what is watched and offered is exactly what the HOSTPATH rule claims.
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from collections.abc import Callable, Iterable
 
 import trio
 
+from ..core.rules.fnmatch import Glob
+from ..core.rules.pattern import Kind, compile_path
 from ..lib.inotify import Inotify, Mask, sync_watches
 from ..lib.logs import kv
 
@@ -29,14 +32,61 @@ def _log_unwatchable(directory: str, exc: OSError) -> None:
     log.debug("cannot watch", extra=kv(dir=directory, error=exc.strerror))
 
 
+def _magic(component: str) -> bool:
+    return any(c in component for c in "*?[\\")
+
+
+def _walk(pattern: str) -> tuple[list[str], set[str]]:
+    """Existing paths one HOSTPATH alternative names, and the directories deciding that.
+
+    Component by component: a literal component is joined, a wildcard one lists its
+    directory and keeps the entries the core's own fnmatch accepts (dot-files too: udev's
+    fnmatch has no FNM_PERIOD), so the expansion is exactly what the rule matches.
+    """
+    parts = pattern.split("/")[1:]
+    frontier = [""]
+    dirs: set[str] = set()
+    for k, comp in enumerate(parts):
+        last = k == len(parts) - 1
+        nxt: list[str] = []
+        glob = Glob((comp,)) if _magic(comp) else None
+        for base in frontier:
+            d = base or "/"
+            if glob is not None:
+                dirs.add(d)
+                try:
+                    entries = os.listdir(d)
+                except OSError:
+                    continue
+                for entry in entries:
+                    if glob.matches(entry):
+                        cand = f"{base}/{entry}"
+                        if last or os.path.isdir(cand):
+                            nxt.append(cand)
+            else:
+                cand = f"{base}/{comp}"
+                if last:
+                    dirs.add(d)  # sees the path appear and vanish
+                    if os.path.lexists(cand):
+                        nxt.append(cand)
+                elif os.path.isdir(cand):
+                    nxt.append(cand)
+                else:
+                    dirs.add(d)  # nearest existing ancestor sees the missing part appear
+        frontier = nxt
+    return frontier, dirs
+
+
 def expand(patterns: Iterable[str]) -> list[str]:
-    """Existing paths the patterns name, sorted and unique."""
+    """Existing paths the patterns name, sorted and unique: every one is a path the rules'
+    HOSTPATH matcher (``core.rules.pattern.compile_path``) accepts."""
     out: set[str] = set()
     for pattern in patterns:
-        if glob.has_magic(pattern):
-            out.update(os.path.normpath(p) for p in glob.glob(pattern))
+        matcher = compile_path(pattern)
+        if matcher.kind is Kind.GLOB:
+            out.update(p for p in _walk(pattern)[0] if matcher.matches(p))
         elif os.path.lexists(pattern):
-            out.add(os.path.normpath(pattern))
+            out.add(pattern)
     return sorted(out)
 
 
@@ -44,22 +94,18 @@ def watch_dirs(patterns: Iterable[str]) -> set[str]:
     """The directories whose entries decide what the patterns match right now."""
     dirs: set[str] = set()
     for pattern in patterns:
-        parts = pattern.rstrip("/").split("/")
-        # Fixed prefix: components before the first wildcard, minus the last one.
-        fixed: list[str] = []
-        for part in parts[:-1]:
-            if glob.has_magic(part):
-                break
-            fixed.append(part)
-        base = "/".join(fixed) or "/"
-        while not os.path.isdir(base) and base not in ("/", ""):
-            base = os.path.dirname(base)  # nearest existing ancestor sees the parent appear
-        dirs.add(base or "/")
-        # Intermediate wildcard directories that exist now (e.g. /dev/bus/usb/*/...).
-        parent_pattern = os.path.dirname(pattern)
-        if glob.has_magic(parent_pattern):
-            dirs.update(d for d in glob.glob(parent_pattern) if os.path.isdir(d))
+        if compile_path(pattern).kind is Kind.GLOB:
+            dirs |= _walk(pattern)[1]
+        else:
+            dirs |= _walk_literal(pattern)
     return dirs
+
+
+def _walk_literal(path: str) -> set[str]:
+    base = os.path.dirname(path.rstrip("/")) or "/"
+    while not os.path.isdir(base) and base not in ("/", ""):
+        base = os.path.dirname(base)  # nearest existing ancestor sees the parent appear
+    return {base or "/"}
 
 
 async def watch(patterns: tuple[str, ...], on_paths: Callable[[list[str]], None],

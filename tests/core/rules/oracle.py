@@ -28,6 +28,15 @@ _VOLATILE_PROPS = ("USEC_INITIALIZED",)
 # (":uaccess:seat:" vs ":seat:uaccess:"). With one element they are stable.
 _SET_PROPS = {"TAGS": ":", "CURRENT_TAGS": ":", "DEVLINKS": " "}
 _PLAIN_CHARS = set(map(chr, range(0x20, 0x7F))) - {'"', "\\"}
+CONST_VALUES = ["x86-64", "arm64", "x86*", "?*", "", "*", "none", "docker", "kvm|qemu", "none|docker", "vm-other"]
+# Stable kernel parameters (read by both sides during the test), in both spellings, and one that is missing.
+SYSCTLS = [("kernel/ostype", "Linux"), ("kernel.ostype", "Linux"), ("net/ipv4/ip_forward", None),
+           ("vm.swappiness", None), ("kernel/nonexistent_devplug", ""), ("fs/file-max", None)]
+# (udevadm test 252 answers "/sys/bus/*/devices" and "/sys/*/mem" as absent although they
+# exist; not understood yet, so not generated: see the README's list of differences.)
+GLOB_TESTS = ["/sys/class/*/null", "/sys/class/*/nonexistent", "/sys/class/*/full", "/sys/class/*/tty0"]
+# Value probes (classes 4 and 5): the remembered ancestor, and values near udev's 512-byte limit.
+PROBES = ["$id", "$driver", "$id|$driver", "%k|%n", "$attr{{{a}}}", "$id|$driver|$attr{{{a}}}", "%s{{{a}}}"]
 
 
 def quotable(value: str) -> bool:
@@ -145,7 +154,28 @@ class Generator:
         r = self.rnd
         kind = r.choice(["KERNEL", "KERNEL", "SUBSYSTEM", "SUBSYSTEM", "DRIVER", "DEVPATH", "ACTION", "ENV", "ENV",
                          "ENV", "ATTR", "ATTR", "ATTR", "ATTR", "TAG", "SYMLINK", "NAME", "TEST", "ENVMISS",
-                         "ATTRMISS"])
+                         "ATTRMISS", "USEC", "CONST", "SYSCTL", "ATTRDEV", "TESTDEV"])
+        if kind == "USEC":  # udev sets it only after the rules ran (issue 12, class 2)
+            return f'ENV{{USEC_INITIALIZED}}{self.op()}"{r.choice(["?*", "", "*", "[0-9]*", "1*"])}"'
+        if kind == "CONST":  # class 7
+            name = r.choice(["arch", "virt"])
+            return f'CONST{{{name}}}{self.op()}"{r.choice(CONST_VALUES)}"'
+        if kind == "SYSCTL":
+            name, value = r.choice(SYSCTLS)
+            return f'SYSCTL{{{name}}}{self.op()}"{self.mutate(value) if value else r.choice(["", "?*", "x"])}"'
+        if kind == "ATTRDEV":  # another device's attribute: [subsystem/sysname]attr
+            other = r.choice(self.devices)
+            pairs = self.attrs_of(other)
+            if not other.subsystem or not pairs or r.random() < 0.1:
+                return f'ATTR{{[devplug_none/x]dev}}{self.op()}"{r.choice(["", "x", "?*"])}"'
+            n, v = r.choice(pairs)
+            return f'ATTR{{[{other.subsystem}/{other.sysname}]{n}}}{self.op()}"{self.mutate(v or "")}"'
+        if kind == "TESTDEV":
+            other = r.choice(self.devices)
+            what = r.choice([n for n, _ in self.attrs_of(other)] or ["uevent"]) if r.random() < 0.7 else "nope"
+            return f'TEST{self.op()}"[{other.subsystem or "none"}/{other.sysname}]{what}"'
+        if kind == "TEST" and r.random() < 0.3:  # a '*' component (class 1)
+            return f'TEST{self.op()}"{r.choice(GLOB_TESTS)}"'
         if kind == "KERNEL":
             return f'KERNEL{self.op()}"{self.mutate(dev.sysname)}"'
         if kind == "SUBSYSTEM":
@@ -239,6 +269,26 @@ class Generator:
         r.shuffle(keys)
         return [self.maybe_escaped(k) for k in keys]
 
+    def probe(self, dev: Device, i: int) -> Optional[str]:
+        """Sometimes an ENV{} assignment whose value the two sides must agree on. Names start
+        with '.': udev keeps such properties out of its database (``udevadm test`` prints
+        them), so the probes never reach the records devplug reads."""
+        r = self.rnd
+        if r.random() > 0.35:
+            return None
+        if r.random() < 0.25:  # grows until udev refuses to append (512 bytes)
+            return f'ENV{{.DEVPLUG_ORACLE_ACC}}+="{"a" * r.randrange(20, 140)}%k"'
+        if r.random() < 0.2:
+            return f'ENV{{.DEVPLUG_ORACLE_V{i}}}="{"L" * r.randrange(500, 512)}%k"'
+        names = [n for node in dev.chain() for n, _ in self.attrs_of(node)] or ["vendor"]
+        template = r.choice(PROBES).format(a=r.choice(names + ["vendor", "idVendor", "driver"]))
+        return f'ENV{{.DEVPLUG_ORACLE_V{i}}}="[{template}]"'
+
     def rules(self, count: int) -> Iterator[list[str]]:
+        for keys, _dev in self.rules_with_devices(count):
+            yield keys
+
+    def rules_with_devices(self, count: int) -> Iterator[tuple[list[str], Device]]:
         for _ in range(count):
-            yield self.rule_keys(self.rnd.choice(self.devices))
+            dev = self.rnd.choice(self.devices)
+            yield self.rule_keys(dev), dev

@@ -129,8 +129,11 @@ def test_crlf_line_endings():
         ('KERNEL=="a", GOTO="end", RESOURCE="x"', 't.rules:1:14: GOTO="end" has no LABEL="end" after it in this file'),
         ('KERNEL==e"\\q", RESOURCE="x"', "t.rules:1:11: invalid escape '\\q' in e\"...\" string"),
         ('KERNEL==e"\\x00", RESOURCE="x"', "t.rules:1:11: invalid escape '\\x00'"),
-        ('KERNEL=="a", ATTRS{[tty/ttyS0]x}=="1", RESOURCE="x"',
-         "t.rules:1:20: ATTRS{[subsystem/kernel]attribute} (another device's attribute) is not supported"),
+        ('KERNEL=="a", ATTRS{[tty/ttyS0]}=="1", RESOURCE="x"',
+         "t.rules:1:20: ATTRS{[tty/ttyS0]}: another device's attribute is written [subsystem/sysname]attribute"),
+        ('CONST{cvm}=="none", RESOURCE="x"', "t.rules:1:7: CONST{cvm}: udev knows CONST{arch} and CONST{virt}"),
+        ('SYSCTL{kernel.x}="1", RESOURCE="x"',
+         "t.rules:1:17: SYSCTL= is not supported: devplug never writes sysctls (match them with SYSCTL{}==)"),
     ],
 )
 def test_error_messages_and_locations(text, expected):
@@ -225,3 +228,52 @@ def test_arbitrary_text_gives_rules_or_located_errors(text):
                           st.sampled_from(SEPS)), max_size=8))
 def test_token_soup_gives_rules_or_located_errors(parts):
     _check_outcome("".join(k + o + v + s for k, o, v, s in parts))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(KEYS), st.sampled_from(OPS), st.sampled_from(VALUES),
+                          st.sampled_from([", ", ",", " ", "", " ,, ", "\t,"])), min_size=1, max_size=6))
+def test_fast_tokenizer_agrees_with_the_exact_one(parts):
+    from devplug.core.rules.lexer import TokenError, _tokenize_slow, token_at, token_texts
+
+    line = "".join(k + o + v + s for k, o, v, s in parts)
+    fast = token_texts(line)
+    if fast is None:
+        return  # the parser takes the exact path for this line
+    try:
+        exact = _tokenize_slow(line)
+    except TokenError:
+        pytest.fail(f"fast path accepted a line the exact tokenizer refuses: {line!r}")
+    got = [token_at(line, m) for _t, _at, m in fast]
+    fields = ("key", "attr", "op", "value", "text", "key_at", "attr_at", "op_at", "value_at")
+    assert [[getattr(t, f) for f in fields] for t in got] == [[getattr(t, f) for f in fields] for t in exact]
+
+
+def test_equal_tokens_share_one_compiled_key():
+    """A large rules set repeats itself: one Match/Assign per distinct token text."""
+    rules, errors = parse_rules('SUBSYSTEM=="tty", ATTRS{idVendor}=="0403", RESOURCE="a"\n'
+                                'SUBSYSTEM=="tty",ATTRS{idVendor}=="10c4", RESOURCE="a"\n', "s.rules")
+    assert not errors
+    assert rules[0].matches[0] is rules[1].matches[0]
+    assert rules[0].assigns[0] is rules[1].assigns[0]
+    assert rules[0].matches[1] is not rules[1].matches[1]
+
+
+def test_every_bad_token_reports_its_own_location_even_when_repeated():
+    assert errors_of('KERNEL=="a", FOO="x"\nKERNEL=="b", FOO="x"\n') == [
+        "t.rules:1:14: unknown key 'FOO'",
+        "t.rules:2:14: unknown key 'FOO'",
+    ]
+
+
+def test_goto_needs_a_later_label_in_the_same_file():
+    text = ('KERNEL=="a", GOTO="x"\n'           # ok: LABEL x on line 3
+            'LABEL="y", GOTO="y"\n'             # error: its own LABEL is not after it
+            'LABEL="x"\n'
+            'KERNEL=="b", \\\n  GOTO="x"\n'     # error: no LABEL x after line 4
+            'KERNEL=="c", GOTO="z"\n')          # error: no LABEL z at all
+    assert errors_of(text) == [
+        't.rules:2:12: GOTO="y" has no LABEL="y" after it in this file',
+        't.rules:5:3: GOTO="x" has no LABEL="x" after it in this file',
+        't.rules:6:14: GOTO="z" has no LABEL="z" after it in this file',
+    ]

@@ -13,37 +13,18 @@ the rules that can still match, in order.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Sequence
-from typing import Optional
+from typing import Optional, Union
 
 from ..device import Device, PathMode
 from . import escape
-from .matchers import PARENT_KEYS, attr_value
+from .evaluation import ENV_VALUE_MAX_BYTES, Evaluation
+from .host import as_host
+from .matchers import PARENT_KEYS, ParentGroup, attr_value
 from .model import DEFAULT_DOMAIN, DEFAULT_PERMISSIONS, Claim, Mount, RuleError, RuleRef, RuleTrace
 from .rule import Assign, Rule
 from .validate import full_resource
-
-
-class Evaluation:
-    """Mutable state of one device's pass over the rules (udev's ``UdevEvent``)."""
-
-    __slots__ = ("device", "action", "path_mode", "dev_parent", "overlay", "name")
-
-    def __init__(self, device: Device, action: str, path_mode: Optional[PathMode]) -> None:
-        self.device = device
-        self.action = action
-        self.path_mode = path_mode
-        self.dev_parent: Optional[Device] = None
-        self.overlay: dict[str, Optional[str]] = {"ACTION": action}
-        # udev's event->name, which only NAME= sets; Debian's 80-net-setup-link.rules sets it
-        # from ID_NET_NAME for network interfaces, so that is what later rules see.
-        self.name: Optional[str] = device.properties.get("ID_NET_NAME") if device.subsystem == "net" else None
-
-    def env(self, key: str) -> Optional[str]:
-        overlay = self.overlay
-        if key in overlay:
-            return overlay[key]
-        return self.device.properties.get(key)
 
 
 class _Claim:
@@ -76,11 +57,14 @@ class _Claim:
                 if a.op != "+=":
                     ev.overlay[name] = None
                 return
-            value = a.templates[0].expand(ev.device, ev.dev_parent, ev.env)
+            value = a.templates[0].expand(ev.device, ev.parent(), ev.env)
             if a.op == "+=":
                 old = ev.env(name)
                 if old is not None:
                     value = f"{old} {value}"
+            if len(value) > ENV_VALUE_MAX_BYTES // 4 and \
+                    len(value.encode("utf-8", "surrogateescape")) > ENV_VALUE_MAX_BYTES:
+                return  # udev refuses the assignment; the property keeps its value
             ev.overlay[name] = value
             return
         slot = key if a.name is None else f"{key}{{{a.name}}}"
@@ -93,33 +77,33 @@ class _Claim:
             if key == "RESOURCE":
                 self.rule = ref if a.value else None
         elif key == "DEVICE_ID":
-            self.values[key] = a.templates[0].expand(ev.device, ev.dev_parent, ev.env) if a.value else None
+            self.values[key] = a.templates[0].expand(ev.device, ev.parent(), ev.env) if a.value else None
         elif key == "CONTAINER_PATH":
             self.errors.pop(key, None)
             self.values[key] = None
             if a.value:
                 try:
-                    self.values[key] = escape.expand_path(a.templates[0], ev.device, ev.dev_parent, ev.env,
+                    self.values[key] = escape.expand_path(a.templates[0], ev.device, ev.parent(), ev.env,
                                                           default_root=escape.CONTAINER_ROOT)
                 except escape.SubstitutionError as exc:
-                    self.errors[key] = (RuleError(a.location, f"CONTAINER_PATH: {exc}"), ref)
+                    self.errors[key] = (RuleError(ref.locate(a.text), f"CONTAINER_PATH: {exc}"), ref)
         elif key == "MOUNT":
             if a.op != "+=":
                 self.mounts.clear()
                 self.mount_errors.clear()
             if a.value:
                 try:
-                    host, container = (escape.expand_path(t, ev.device, ev.dev_parent, ev.env)
+                    host, container = (escape.expand_path(t, ev.device, ev.parent(), ev.env)
                                        for t in a.templates)
                 except escape.SubstitutionError as exc:
-                    self.mount_errors.append((RuleError(a.location, f"MOUNT: {exc}"), ref))
+                    self.mount_errors.append((RuleError(ref.locate(a.text), f"MOUNT: {exc}"), ref))
                 else:
                     mount = Mount(host, container, a.read_only)
                     self.mounts[:] = [m for m in self.mounts if m.container_path != container] + [mount]
         elif key == "CONTAINER_ENV":
-            self.envs[a.name] = escape.expand_value(a.templates[0], ev.device, ev.dev_parent, ev.env)  # type: ignore[index]
+            self.envs[a.name] = escape.expand_value(a.templates[0], ev.device, ev.parent(), ev.env)  # type: ignore[index]
         elif key == "ANNOTATION":
-            self.annotations[a.name] = escape.expand_value(a.templates[0], ev.device, ev.dev_parent, ev.env)  # type: ignore[index]
+            self.annotations[a.name] = escape.expand_value(a.templates[0], ev.device, ev.parent(), ev.env)  # type: ignore[index]
         elif key == "OPTIONS":
             if a.op == "-=":
                 self.options -= a.options
@@ -183,28 +167,47 @@ class RuleSet:
         self.rules: tuple[Rule, ...] = tuple(rules)
         self._device_rules = tuple(r for r in self.rules if not r.is_hostpath)
         self._hostpath_rules = tuple(r for r in self.rules if r.is_hostpath)
-        labels: dict[tuple[str, str], list[int]] = {}
-        for k, r in enumerate(self._device_rules):
-            if r.label is not None:
-                labels.setdefault((r.ref.file, r.label), []).append(k)
+        # Each GOTO jumps to the first LABEL of that name after it in its file: one pass
+        # backwards, remembering the nearest label of each name seen so far (linear).
         self._goto: dict[int, int] = {}
-        for k, r in enumerate(self._device_rules):
+        nearest: dict[tuple[str, str], int] = {}
+        for k in range(len(self._device_rules) - 1, -1, -1):
+            r = self._device_rules[k]
             if r.goto is not None:
-                target = next((t for t in labels.get((r.ref.file, r.goto), ()) if t > k), None)
+                target = nearest.get((r.ref.file, r.goto))
                 if target is not None:
                     self._goto[k] = target
-        self._always: list[int] = []
-        self._index: dict[tuple[str, Optional[str], bool], dict[str, list[int]]] = {}
+            if r.label is not None:
+                nearest[(r.ref.file, r.label)] = k
+        # udev never evaluates a line that neither assigns nor jumps (its line-type mask).
+        self._inert = frozenset(k for k, r in enumerate(self._device_rules) if not r.assigns and r.goto is None)
+        # Rules the index can skip although udev would reach their parent search (which then
+        # fails and forgets $id): the index key is a parent key. With where that search sits.
+        self._skippable: list[int] = []
+        self._parent_at: dict[int, int] = {}
         for k, r in enumerate(self._device_rules):
-            if r.is_label_only:
+            if r.index is not None and r.index.key in PARENT_KEYS and k not in self._inert:
+                self._skippable.append(k)
+                self._parent_at[k] = next(i for i, c in enumerate(r.checks) if isinstance(c, ParentGroup))
+        self._always: list[int] = []
+        # literal -> rule number, or a list of them when several rules share the literal
+        self._index: dict[tuple[str, Optional[str], bool], dict[str, Union[int, list[int]]]] = {}
+        for k, r in enumerate(self._device_rules):
+            if k in self._inert:
                 continue
-            if r.index is None:
+            m = r.index
+            if m is None:
                 self._always.append(k)
                 continue
-            kind, values = r.index
-            table = self._index.setdefault(kind, {})
-            for v in values:
-                table.setdefault(v, []).append(k)
+            table = self._index.setdefault((m.key, m.name, m.strip), {})
+            for v in m.pattern.literals:
+                have = table.get(v)
+                if have is None:
+                    table[v] = k
+                elif isinstance(have, int):
+                    table[v] = [have, k]
+                else:
+                    have.append(k)
 
     # ---- static facts ------------------------------------------------------------------
     @property
@@ -236,23 +239,55 @@ class RuleSet:
         return tuple(out)
 
     # ---- evaluation --------------------------------------------------------------------
-    def _candidates(self, device: Device) -> list[int]:
-        if not self._index:
-            return self._always
+    def _candidates(self, device: Device) -> set[int]:
         cands = set(self._always)
+        if not self._index:
+            return cands
         for kind, table in self._index.items():
             for v in _chain_values(kind, device):
                 hit = table.get(v)
-                if hit:
+                if hit is None:
+                    continue
+                if isinstance(hit, int):
+                    cands.add(hit)
+                else:
                     cands.update(hit)  # a rule may be listed under several values of one chain
-        return sorted(cands)
+        return cands
+
+    def _scanner(self, cands: set[int], jumps: list[tuple[int, int]]):
+        """For :meth:`Evaluation.parent`: would udev have run (and failed) the parent search
+        of a rule the index skipped in [first, end)? Only rules indexed by a parent key can
+        be such a rule; the ones a GOTO jumped over never ran."""
+        rules, skippable, parent_at = self._device_rules, self._skippable, self._parent_at
+
+        def scan(first: int, end: int, ev: Evaluation) -> bool:
+            device = ev.device
+            for k in skippable[bisect.bisect_left(skippable, first):bisect.bisect_left(skippable, end)]:
+                if k in cands or any(a <= k < b for a, b in jumps):
+                    continue
+                saved, ev.at = ev.at, k
+                try:
+                    if all(c.check(device, ev) for c in rules[k].checks[:parent_at[k]]):
+                        return True
+                finally:
+                    ev.at = saved
+            return False
+
+        return scan
 
     def _run(self, device: Device, action: str, domain: str, path_mode: Optional[PathMode],
              trace: Optional[list[RuleTrace]]) -> Claim:
-        ev = Evaluation(device, action, path_mode)
-        acc = _Claim()
         rules = self._device_rules
-        order: Iterable[int] = range(len(rules)) if trace is not None else self._candidates(device)
+        jumps: list[tuple[int, int]] = []
+        if trace is not None:
+            order: Iterable[int] = range(len(rules))
+            ev = Evaluation(device, action, as_host(path_mode))
+        else:
+            cands = self._candidates(device)
+            order = sorted(cands)
+            ev = Evaluation(device, action, as_host(path_mode), self._scanner(cands, jumps) if self._skippable else None)
+        acc = _Claim()
+        inert = self._inert
         skip_to = 0
         skipped_by: Optional[Rule] = None
         for k in order:
@@ -261,6 +296,9 @@ class RuleSet:
                 if trace is not None and not rule.is_label_only:
                     trace.append(RuleTrace(rule.ref, False, f"skipped by GOTO=\"{skipped_by.goto}\" at {skipped_by.ref}"))  # type: ignore[union-attr]
                 continue
+            if k in inert:
+                continue
+            ev.at = k
             ok = True
             for check in rule.checks:
                 if not check.check(device, ev):
@@ -275,18 +313,23 @@ class RuleSet:
             acc.matched.append(rule.ref)
             if trace is not None:
                 trace.append(RuleTrace(rule.ref, True, ""))
+            if any(a.key == "ENV" for a in rule.assigns):
+                ev.parent()  # settle skipped rules' parent searches against the ENV they saw
             for a in rule.assigns:
                 acc.apply(a, ev, rule.ref)
             target = self._goto.get(k)
             if target is not None:
                 skip_to, skipped_by = target, rule
+                jumps.append((k + 1, target))
         return acc.result(domain)
 
     def evaluate(self, device: Device, *, action: str = "add", domain: str = DEFAULT_DOMAIN,
                  path_mode: Optional[PathMode] = None) -> Claim:
         """The claim of all rules on ``device``; ``resource`` is None when none claims it.
 
-        ``path_mode`` backs ``TEST{}``; without it every TEST key fails.
+        ``path_mode`` backs ``TEST{}``; without it every TEST key fails. A
+        :class:`~.host.Host` passed as ``path_mode`` also answers ``SYSCTL{}``, ``CONST{}``
+        and ``[subsystem/sysname]`` keys.
         """
         return self._run(device, action, domain, path_mode, None)
 
@@ -301,10 +344,10 @@ class RuleSet:
                       path_mode: Optional[PathMode] = None) -> Claim:
         """HOSTPATH rules against one host path (templates: ``%k`` basename, ``$devnode`` path)."""
         dev = _path_device(path)
-        ev = Evaluation(dev, "add", path_mode)
+        ev = Evaluation(dev, "add", as_host(path_mode))
         acc = _Claim()
         for rule in self._hostpath_rules:
-            if rule.hostpath_regex is not None and rule.hostpath_regex.fullmatch(path):
+            if any(p.matches(path) for p in rule.hostpath_patterns):
                 acc.matched.append(rule.ref)
                 for a in rule.assigns:
                     acc.apply(a, ev, rule.ref)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import bisect
 import re
+import sys
+from collections.abc import Iterator
 from typing import Optional
 
 import attrs
@@ -24,15 +26,27 @@ OPERATORS = ("==", "!=", "+=", "-=", ":=", "=")
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
-@attrs.frozen(slots=True)
 class LogicalLine:
-    """One rule's text, joined from its physical lines; ``_starts`` maps offsets back."""
+    """One rule's text, joined from its physical lines; ``_starts`` maps offsets back.
 
-    text: str
-    file: str
-    line: int  # first physical line
-    _starts: tuple[int, ...]  # logical offset where each segment starts
-    _origins: tuple[tuple[int, int], ...]  # (physical line, 0-based column) of each segment
+    A plain slotted class: one is made per rule, so its construction is on the hot path.
+    """
+
+    __slots__ = ("text", "file", "line", "_starts", "_origins")
+
+    def __init__(self, text: str, file: str, line: int, starts: tuple[int, ...],
+                 origins: tuple[tuple[int, int], ...]) -> None:
+        self.text = text
+        self.file = file
+        self.line = line  # first physical line
+        self._starts = starts  # logical offset where each segment starts
+        self._origins = origins  # (physical line, 0-based column) of each segment
+
+    def place(self, offset: int) -> tuple[int, int]:
+        """(physical line, 1-based column) of a logical offset, without building a Location."""
+        k = max(0, bisect.bisect_right(self._starts, offset) - 1) if len(self._starts) > 1 else 0
+        line, col = self._origins[k]
+        return line, col + (offset - self._starts[k]) + 1
 
     def location(self, offset: int) -> Location:
         k = max(0, bisect.bisect_right(self._starts, offset) - 1)
@@ -46,22 +60,25 @@ class LexError:
     message: str
 
 
-def logical_lines(text: str, filename: str) -> tuple[list[LogicalLine], list[LexError]]:
-    lines: list[LogicalLine] = []
-    errors: list[LexError] = []
+def iter_logical_lines(text: str, filename: str, errors: list[LexError]) -> Iterator[LogicalLine]:
+    """The rules of one file, one at a time (a large file is never held twice); lexical
+    errors are appended to ``errors``."""
     pending: Optional[tuple[list[str], list[int], list[tuple[int, int]], int]] = None
+    lineno = 0
     physical = _LINE_END.split(text)
     if physical and physical[-1] == "":
         physical.pop()
-    lineno = 0
     for raw in physical:
         lineno += 1
         col = len(raw) - len(raw.lstrip(WHITESPACE))
-        body = raw[col:]
+        body = raw[col:] if col else raw
         if body.startswith("#"):
             continue
         if pending is None:
             if not body:
+                continue
+            if not body.endswith("\\"):  # the common case: one physical line
+                yield LogicalLine(body, filename, lineno, (0,), ((lineno, col),))
                 continue
             pending = ([], [], [], lineno)
         parts, starts, origins, first = pending
@@ -73,26 +90,36 @@ def logical_lines(text: str, filename: str) -> tuple[list[LogicalLine], list[Lex
         parts.append(body)
         joined = "".join(parts)
         if joined.strip(WHITESPACE):
-            lines.append(LogicalLine(joined, filename, first, tuple(starts), tuple(origins)))
+            yield LogicalLine(joined, filename, first, tuple(starts), tuple(origins))
         pending = None
     if pending is not None:
-        parts, starts, origins, first = pending
-        errors.append(LexError(Location(filename, lineno, max(1, len(physical[-1]) if physical else 1)),
+        errors.append(LexError(Location(filename, lineno, max(1, len(physical[-1]))),
                                "line continuation ('\\' at end of line) at end of file"))
+
+
+def logical_lines(text: str, filename: str) -> tuple[list[LogicalLine], list[LexError]]:
+    errors: list[LexError] = []
+    lines = list(iter_logical_lines(text, filename, errors))
     return lines, errors
 
 
-@attrs.frozen(slots=True)
 class Token:
-    key: str
-    attr: Optional[str]
-    op: str
-    value: str
-    text: str  # the token as written, for messages
-    key_at: int
-    attr_at: int
-    op_at: int
-    value_at: int
+    """One ``KEY{attr}OP"value"`` with its offsets in the logical line (plain slotted class:
+    built once per distinct token text)."""
+
+    __slots__ = ("key", "attr", "op", "value", "text", "key_at", "attr_at", "op_at", "value_at")
+
+    def __init__(self, key: str, attr: Optional[str], op: str, value: str, text: str, key_at: int,
+                 attr_at: int, op_at: int, value_at: int) -> None:
+        self.key = key
+        self.attr = attr
+        self.op = op
+        self.value = value
+        self.text = text  # the token as written, for messages
+        self.key_at = key_at
+        self.attr_at = attr_at
+        self.op_at = op_at
+        self.value_at = value_at
 
 
 class TokenError(Exception):
@@ -188,8 +215,70 @@ def _read_value(text: str, i: int) -> tuple[str, int]:
     return c_unescape(text[q + 1 : j], q + 1), j + 1
 
 
+# One token of the plain shape nearly every rule uses: KEY[{attr}]OP"value" without
+# backslashes or e"..." strings; any other shape takes the exact slow path below.
+_FAST_TOKEN = re.compile(r'([ \t\n\r,]*)([A-Za-z0-9_]+)(?:\{([^}]*)\})?[ \t\n\r]*(==|!=|\+=|-=|:=|=)[ \t\n\r]*"([^"\\]*)"')
+_TRAILER = re.compile(r"[ \t\n\r,]*")
+
+
+def _tokenize_fast(text: str) -> Optional[list[Token]]:
+    tokens: list[Token] = []
+    pos = 0
+    n = len(text)
+    match = _FAST_TOKEN.match
+    while True:
+        m = match(text, pos)
+        if m is None:
+            end = _TRAILER.match(text, pos)
+            return tokens if end is not None and end.end() == n and tokens else None
+        if tokens and "," not in m.group(1):
+            return None  # the slow path reports the missing comma
+        key_at = m.start(2)
+        attr = m.group(3)
+        attr_at = m.start(3) if attr is not None else m.end(2)
+        pos = m.end()
+        tokens.append(Token(m.group(2), attr, m.group(4), m.group(5), text[key_at:pos], key_at, attr_at,
+                            m.start(4), m.start(5) - 1))
+
+
+def token_texts(text: str) -> Optional[list[tuple[str, int, re.Match[str]]]]:
+    """Fast path for plain lines: each token's text and offset, without building tokens
+    (the parser compiles each distinct token text once); None when the line needs
+    :func:`tokenize`."""
+    out: list[tuple[str, int, re.Match[str]]] = []
+    pos = 0
+    n = len(text)
+    match = _FAST_TOKEN.match
+    while True:
+        m = match(text, pos)
+        if m is None:
+            end = _TRAILER.match(text, pos)
+            return out if end is not None and end.end() == n and out else None
+        if out and "," not in m.group(1):
+            return None
+        key_at = m.start(2)
+        pos = m.end()
+        out.append((text[key_at:pos], key_at, m))
+
+
+def token_at(text: str, m: re.Match[str]) -> Token:
+    """The token of one :func:`token_texts` match."""
+    key_at = m.start(2)
+    attr = m.group(3)
+    attr_at = m.start(3) if attr is not None else m.end(2)
+    return Token(sys.intern(m.group(2)), attr, sys.intern(m.group(4)), m.group(5), text[key_at:m.end()], key_at,
+                 attr_at, m.start(4), m.start(5) - 1)
+
+
 def tokenize(text: str) -> list[Token]:
     """All tokens of one logical line; raises :class:`TokenError` at the first syntax error."""
+    fast = _tokenize_fast(text)
+    if fast is not None:
+        return fast
+    return _tokenize_slow(text)
+
+
+def _tokenize_slow(text: str) -> list[Token]:
     tokens: list[Token] = []
     n = len(text)
     i = 0
@@ -210,7 +299,7 @@ def tokenize(text: str) -> list[Token]:
             if c in "+-!:" and i + 1 < n and text[i + 1] == "=":
                 break
             i += 1
-        key = text[key_at:i]
+        key = sys.intern(text[key_at:i])
         if not key:
             raise TokenError(key_at, "missing key before operator")
         attr: Optional[str] = None

@@ -21,13 +21,16 @@ OPTIONS = frozenset({OPT_SYMLINKS, OPT_USB_NODE})
 
 @attrs.frozen(slots=True)
 class Location:
-    """Where something sits in a rules file; ``column`` is 1-based, 0 when unknown."""
+    """Where something sits in a rules file; ``column`` is 1-based, 0 when unknown;
+    ``line`` 0 is the file as a whole (it cannot be read, or is not a rules file)."""
 
     file: str
     line: int
     column: int = 0
 
     def __str__(self) -> str:
+        if not self.line:
+            return self.file
         if self.column:
             return f"{self.file}:{self.line}:{self.column}"
         return f"{self.file}:{self.line}"
@@ -54,11 +57,30 @@ class RulesError(Exception):
 
 @attrs.frozen(slots=True)
 class RuleRef:
-    """A rule as shown to people: its location and its source text (one logical line)."""
+    """A rule as shown to people: its location and its source text (one logical line).
+
+    ``column`` is where the text starts on its first line (1-based). Parsed keys keep no
+    position of their own (a large rules set shares them between rules), so a key's
+    location is found again in the text when an error needs it (:meth:`locate`).
+    """
 
     file: str
     line: int
     text: str
+    column: int = 1
+    #: For a rule continued over several lines: (offset in ``text``, line, column) of each.
+    segments: tuple[tuple[int, int, int], ...] = ()
+
+    def locate(self, token_text: str) -> Location:
+        """Where ``token_text`` (a key as written) sits in this rule; the rule's start if
+        the text is not found."""
+        at = max(self.text.find(token_text), 0)
+        start, line, column = 0, self.line, self.column
+        for seg in self.segments:
+            if seg[0] > at:
+                break
+            start, line, column = seg
+        return Location(self.file, line, column + at - start)
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}"

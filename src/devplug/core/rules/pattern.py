@@ -4,39 +4,24 @@ udev (``rule_line_add_token`` / ``token_match_string`` in systemd 252) classifie
 ``""`` is *empty* (matches an empty or missing value); ``"?*"`` becomes *not empty* with the
 operator flipped; ``subsystem``/``bus``/``class`` for ``SUBSYSTEM`` match any of the three;
 a value containing ``*?[`` is a *glob*, each alternative matched with ``fnmatch(p, s, 0)``
-(``*`` crosses ``/``, backslash escapes, ``[!..]``/``[^..]``, ``[:class:]``); otherwise each
-alternative is compared literally (a backslash is then just a backslash). An empty
-alternative (``"|foo"``, ``"a||b"``, ``"foo|"``) additionally matches an empty value.
+(see :mod:`.fnmatch`: byte-wise, ``*`` crosses ``/``, backslash escapes, glibc's brackets);
+otherwise each alternative is compared literally (a backslash is then just a backslash). An
+empty alternative (``"|foo"``, ``"a||b"``, ``"foo|"``) additionally matches an empty value.
 
-Patterns compile once to a frozenset (literals) or one regular expression (globs).
+Patterns compile once to a tuple of literals or a :class:`~.fnmatch.Glob` (whose regular
+expression is built on first use: most rules of a large set never meet a device that gets
+that far).
 """
 
 from __future__ import annotations
 
 import enum
-import re
 from typing import Optional
 
-import attrs
+from .fnmatch import Glob
 
 GLOB_CHARS = frozenset("*?[")
 SUBSYSTEM_WORDS = frozenset({"subsystem", "bus", "class"})
-
-_CLASSES = {
-    "alnum": r"0-9A-Za-z",
-    "alpha": r"A-Za-z",
-    "blank": r" \t",
-    "cntrl": r"\x00-\x1f\x7f",
-    "digit": r"0-9",
-    "graph": r"\x21-\x7e",
-    "lower": r"a-z",
-    "print": r"\x20-\x7e",
-    "punct": r"!-/:-@\[-`{-~",
-    "space": r" \t\n\r\x0b\x0c",
-    "upper": r"A-Z",
-    "xdigit": r"0-9A-Fa-f",
-}
-_NEVER = "(?!)"
 
 
 class Kind(enum.Enum):
@@ -46,116 +31,21 @@ class Kind(enum.Enum):
     GLOB = "glob"
 
 
-def _class_char(c: str) -> str:
-    return "\\" + c if c in "\\]^-[" else c
-
-
-def _bracket(pat: str, i: int, pathname: bool) -> Optional[tuple[str, int]]:
-    """Translate the bracket expression whose ``[`` is at ``pat[i-1]``; None if unterminated.
-
-    Returns the regex fragment (``_NEVER`` for a malformed class name, as glibc then fails the
-    whole match) and the index after ``]``.
-    """
-    n = len(pat)
-    negate = i < n and pat[i] in "!^"
-    if negate:
-        i += 1
-    items: list[str] = []
-    first = True
-    invalid = False
-    while True:
-        if i >= n:
-            return None
-        c = pat[i]
-        i += 1
-        if c == "]" and not first:
-            break
-        first = False
-        if c == "\\":
-            if i >= n:
-                return None
-            c = pat[i]
-            i += 1
-        elif c == "[" and i < n and pat[i] == ":":
-            end = pat.find(":]", i + 1)
-            if end == -1:
-                return None
-            name = pat[i + 1 : end]
-            i = end + 2
-            if name in _CLASSES:
-                items.append(_CLASSES[name])
-            else:
-                invalid = True
-            continue
-        # range?
-        if i + 1 < n and pat[i] == "-" and pat[i + 1] != "]":
-            hi = pat[i + 1]
-            j = i + 2
-            if hi == "\\":
-                if j >= n:
-                    return None
-                hi = pat[j]
-                j += 1
-            i = j
-            if ord(c) <= ord(hi):
-                items.append(f"{_class_char(c)}-{_class_char(hi)}")
-            continue
-        items.append(_class_char(c))
-    if invalid:
-        return _NEVER, i
-    body = "".join(items)
-    if pathname:
-        body += "/" if negate else ""
-        if not negate:
-            # '/' never matches a bracket with FNM_PATHNAME.
-            return (f"(?!/)[{body}]" if body else _NEVER), i
-    if not body:
-        return (r"[\s\S]" if negate else _NEVER), i
-    return f"[{'^' if negate else ''}{body}]", i
-
-
-def glob_to_regex(pat: str, *, pathname: bool = False) -> str:
-    """glibc ``fnmatch`` (flags 0, or ``FNM_PATHNAME``) as a regex body for ``fullmatch``."""
-    out: list[str] = []
-    i, n = 0, len(pat)
-    anychar = "[^/]" if pathname else r"[\s\S]"
-    while i < n:
-        c = pat[i]
-        i += 1
-        if c == "*":
-            while i < n and pat[i] == "*":
-                i += 1
-            out.append(anychar + "*")
-        elif c == "?":
-            out.append(anychar)
-        elif c == "\\":
-            if i >= n:
-                return _NEVER  # trailing backslash: glibc never matches
-            out.append(re.escape(pat[i]))
-            i += 1
-        elif c == "[":
-            res = _bracket(pat, i, pathname)
-            if res is None:
-                out.append(r"\[")
-            else:
-                frag, i = res
-                out.append(frag)
-        else:
-            out.append(re.escape(c))
-    return "".join(out)
-
-
-@attrs.frozen(slots=True, eq=False)
 class Pattern:
-    """A compiled udev match value (see the module docstring)."""
+    """A compiled udev match value (see the module docstring). Immutable once built."""
 
-    source: str
-    kind: Kind
-    alternatives: tuple[str, ...]
-    with_empty: bool
-    literals: frozenset[str]
-    regex: Optional[re.Pattern[str]]
-    prefixes: Optional[tuple[str, ...]] = None  # fast path: every alternative is "literal*"
+    __slots__ = ("source", "kind", "alternatives", "with_empty", "literals", "glob", "prefixes")
+
+    def __init__(self, source: str, kind: Kind, alternatives: tuple[str, ...], with_empty: bool,
+                 glob: Optional[Glob] = None, prefixes: Optional[tuple[str, ...]] = None) -> None:
+        self.source = source
+        self.kind = kind
+        self.alternatives = alternatives
+        self.with_empty = with_empty
+        #: the values a PLAIN pattern accepts (a tuple: most have one, and a tuple is small)
+        self.literals: tuple[str, ...] = alternatives if kind is Kind.PLAIN else ()
+        self.glob = glob
+        self.prefixes = prefixes  # fast path: every alternative is "ascii-literal*"
 
     def matches(self, value: Optional[str]) -> bool:
         """Whether ``value`` (``None`` = missing, compared as ``""``) matches, before ``!=``."""
@@ -172,7 +62,7 @@ class Pattern:
                 return True
             if self.prefixes is not None:
                 return s.startswith(self.prefixes)
-            return self.regex is not None and self.regex.fullmatch(s) is not None
+            return self.glob is not None and self.glob.matches(s)
         return s in SUBSYSTEM_WORDS
 
     @property
@@ -180,9 +70,14 @@ class Pattern:
         """Only plain alternatives, no empty one: the value must be one of ``literals``."""
         return self.kind is Kind.PLAIN and not self.with_empty and bool(self.literals)
 
+    def __repr__(self) -> str:
+        return f"Pattern({self.source!r}, {self.kind.value})"
+
 
 def split_alternatives(value: str) -> tuple[tuple[str, ...], bool]:
     """udev's nulstr conversion: non-empty alternatives, and whether an empty one existed."""
+    if "|" not in value:
+        return ((value,), False) if value else ((), True)
     parts = value.split("|")
     alts = tuple(p for p in parts if p)
     return alts, len(alts) != len(parts)
@@ -201,26 +96,24 @@ def compile_pattern(value: str, *, subsystem_key: bool = False, pathname: bool =
         kind = Kind.EMPTY
     elif value == "?*":
         kind, flip = Kind.EMPTY, True
-    elif any(c in GLOB_CHARS for c in value):
+    elif "*" in value or "?" in value or "[" in value:
         kind = Kind.GLOB
     else:
         kind = Kind.PLAIN
-    regex = None
+    glob = None
     prefixes = None
-    if kind is Kind.GLOB:
-        body = "|".join(f"(?:{glob_to_regex(a, pathname=pathname)})" for a in alts) or _NEVER
-        regex = re.compile(body)
-        if not pathname and alts and all(a.endswith("*") and not any(c in a[:-1] for c in "*?[\\") for a in alts):
+    if kind is Kind.GLOB and alts:
+        if not pathname and all(a.endswith("*") and a.isascii() and not any(c in a[:-1] for c in "*?[\\")
+                                for a in alts):
             prefixes = tuple(a.rstrip("*") for a in alts)
-    return (
-        Pattern(
-            source=value,
-            kind=kind,
-            alternatives=alts,
-            with_empty=with_empty,
-            literals=frozenset(alts) if kind is Kind.PLAIN else frozenset(),
-            regex=regex,
-            prefixes=prefixes,
-        ),
-        flip,
-    )
+        else:
+            glob = Glob(alts, pathname)
+    return Pattern(value, kind, alts, with_empty, glob, prefixes), flip
+
+
+def compile_path(path: str) -> Pattern:
+    """One HOSTPATH alternative: a literal path, or an ``fnmatch(FNM_PATHNAME)`` glob when it
+    has ``*?[``. Each alternative is classified on its own (unlike udev's ``|`` values), so
+    the host path watcher (``sources.hostpath``) expands exactly what this matches."""
+    pattern, _flip = compile_pattern(path, pathname=True)
+    return pattern

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Optional, Union
 
 import attrs
 
 from .matchers import Match, ParentGroup
-from .model import Location, RuleRef
+from .model import RuleRef
+from .pattern import Pattern
 from .template import Template
 
 Check = Union[Match, ParentGroup]
@@ -20,7 +20,8 @@ class Assign:
 
     ``value`` is the literal for keys that take no substitutions (RESOURCE, PERMISSIONS,
     SHARE, OPTIONS); ``templates`` holds the parsed templates of the others (two for MOUNT:
-    host and container path).
+    host and container path). Immutable and free of positions, so one Assign serves every
+    rule with the same token text.
     """
 
     key: str
@@ -28,7 +29,6 @@ class Assign:
     op: str
     value: str
     text: str
-    location: Location
     templates: tuple[Template, ...] = ()
     read_only: bool = False
     options: frozenset[str] = frozenset()
@@ -44,8 +44,10 @@ class Rule:
 
     ``checks`` run in udev's token order (all parent keys as one :class:`ParentGroup`);
     ``matches`` keeps the match keys in source order for display. ``index`` is a necessary
-    condition the engine uses to skip rules quickly: (kind, name, strip) and the literal
-    values one of which the device (or, for parent kinds, some device of its chain) must have.
+    condition the engine uses to skip rules quickly: a literal match key (``SUBSYSTEM==``,
+    ``ATTRS{idVendor}==``…) one of whose values the device (or, for parent keys, some device
+    of its chain) must have. Matches, assignments and their tuples are shared between rules
+    that write them the same way (a large rules set repeats itself).
     """
 
     ref: RuleRef
@@ -53,11 +55,10 @@ class Rule:
     matches: tuple[Match, ...] = ()
     assigns: tuple[Assign, ...] = ()
     hostpath: tuple[str, ...] = ()
-    hostpath_regex: Optional[re.Pattern[str]] = None
+    hostpath_patterns: tuple[Pattern, ...] = ()
     label: Optional[str] = None
     goto: Optional[str] = None
-    goto_location: Optional[Location] = None
-    index: Optional[tuple[tuple[str, Optional[str], bool], frozenset[str]]] = None
+    index: Optional[Match] = None
 
     @property
     def is_hostpath(self) -> bool:
@@ -77,7 +78,7 @@ class Rule:
         """Literal ``SUBSYSTEM==`` values this rule requires, or None when unconstrained."""
         for m in self.matches:
             if m.key == "SUBSYSTEM" and m.want and m.pattern.is_literal:
-                return m.pattern.literals
+                return frozenset(m.pattern.literals)
         return None
 
     def __str__(self) -> str:
