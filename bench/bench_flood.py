@@ -46,7 +46,7 @@ def run(connections: int, nofile: int, src: str) -> dict:
         clients: list[socket.socket] = []
         with KubeletStandin(str(tmp / "plugins"), auto_watch=True) as kubelet, open(log_path, "w") as log:
             proc = subprocess.Popen(
-                [shutil.which("prlimit") or "prlimit", f"--nofile={nofile}:", "--", sys.executable, "-m", "devplug",
+                [shutil.which("prlimit") or "prlimit", f"--nofile={nofile}:{nofile}", "--", sys.executable, "-m", "devplug",
                  "run", "--rules", str(tmp / "flood.rules"), "--plugin-dir", str(tmp / "plugins"),
                  "--debug-socket", str(tmp / "debug.sock"), "--metrics-address", "127.0.0.1:0",
                  "--udev-source", "kernel"], env=env, stdout=log, stderr=subprocess.STDOUT)

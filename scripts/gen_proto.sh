@@ -1,5 +1,6 @@
 #!/bin/sh
-# Regenerate devplug's kubelet v1beta1 gRPC modules from src/devplug/kubelet/api.proto.
+# Regenerate devplug's kubelet gRPC modules from src/devplug/kubelet/api.proto (device
+# plugin v1beta1) and podresources.proto (PodResources v1).
 #
 #   scripts/gen_proto.sh [OUTDIR]     (default: src/devplug/kubelet)
 #
@@ -12,12 +13,14 @@ src="$here/src/devplug/kubelet"
 out="${1:-$src}"
 python="${PYTHON:-python3}"
 mkdir -p "$out"
-"$python" -m grpc_tools.protoc \
-    -I "$src" \
-    --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
-    "$src/api.proto"
-sed -i 's/^import api_pb2 as api__pb2$/from . import api_pb2 as api__pb2/' "$out/api_pb2_grpc.py"
-grep -q '^from \. import api_pb2 as api__pb2$' "$out/api_pb2_grpc.py" || {
-    echo "gen_proto.sh: could not rewrite the api_pb2 import" >&2
-    exit 1
-}
+for name in api podresources; do
+    "$python" -m grpc_tools.protoc \
+        -I "$src" \
+        --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
+        "$src/$name.proto"
+    sed -i "s/^import ${name}_pb2 as ${name}__pb2\$/from . import ${name}_pb2 as ${name}__pb2/" "$out/${name}_pb2_grpc.py"
+    grep -q "^from \. import ${name}_pb2 as ${name}__pb2\$" "$out/${name}_pb2_grpc.py" || {
+        echo "gen_proto.sh: could not rewrite the ${name}_pb2 import" >&2
+        exit 1
+    }
+done

@@ -27,6 +27,9 @@ API
 ``.options(resource)``, ``.allocate(resource, [ids], [ids], ...)``,
 ``.preferred(resource, available, must_include=(), size=1)``, ``.prestart(resource, ids)``
     Unary calls on the plugin's socket; errors raise ``grpc.RpcError`` (``.code()``).
+``KubeletStandin(..., pod_resources=PATH)`` also serves PodResources v1 ``List`` on PATH;
+    ``.assign(resource, ids, pod=, namespace=, container=)`` / ``.release(pod=, namespace=)``
+    set what it reports (``allocate`` alone does not: kubelet assigns when a pod starts).
 ``.restart() -> int``: simulate a kubelet restart: stop serving and drop every stream,
     delete every socket in the plugin dir, serve ``kubelet.sock`` again; returns the
     ``perf_counter_ns`` just after the new ``kubelet.sock`` exists.
@@ -45,7 +48,7 @@ from typing import Any, Optional
 import attrs
 import grpc
 
-from devplug.kubelet import api_pb2, api_pb2_grpc
+from devplug.kubelet import api_pb2, api_pb2_grpc, podresources_pb2, podresources_pb2_grpc
 from devplug.kubelet import KUBELET_SOCKET, socket_name
 
 __all__ = ["DeviceList", "KubeletStandin", "Registration", "Watch", "blocking"]
@@ -163,8 +166,17 @@ class _RegistrationServicer(api_pb2_grpc.RegistrationServicer):
         return self._owner._on_register(request, context)
 
 
+class _PodResourcesServicer(podresources_pb2_grpc.PodResourcesListerServicer):
+    def __init__(self, owner: KubeletStandin) -> None:
+        self._owner = owner
+
+    def List(self, request, context):  # noqa: N802
+        return self._owner._list_pod_resources()
+
+
 class KubeletStandin:
-    def __init__(self, plugin_dir: str, *, auto_watch: bool = False, start: bool = True) -> None:
+    def __init__(self, plugin_dir: str, *, auto_watch: bool = False, start: bool = True,
+                 pod_resources: Optional[str] = None) -> None:
         self.plugin_dir = os.path.abspath(plugin_dir)
         self.socket = os.path.join(self.plugin_dir, KUBELET_SOCKET)
         self.auto_watch = auto_watch
@@ -178,6 +190,9 @@ class KubeletStandin:
         self._release = threading.Event()
         self._server: Optional[grpc.Server] = None
         self._channels: dict[str, grpc.Channel] = {}
+        self.pod_resources = pod_resources
+        self._assigned: dict[tuple[str, str, str], dict[str, list[str]]] = {}  # (ns, pod, container)
+        self._pr_server: Optional[grpc.Server] = None
         if start:
             self.start()
 
@@ -190,6 +205,12 @@ class KubeletStandin:
         server.add_insecure_port("unix://" + self.socket)
         server.start()
         self._server = server
+        if self.pod_resources is not None and self._pr_server is None:
+            pr = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+            podresources_pb2_grpc.add_PodResourcesListerServicer_to_server(_PodResourcesServicer(self), pr)
+            pr.add_insecure_port("unix://" + self.pod_resources)
+            pr.start()
+            self._pr_server = pr
 
     def stop(self) -> None:
         """Stop like a dying kubelet: no more Registration, every stream and channel dropped."""
@@ -204,6 +225,9 @@ class KubeletStandin:
         if self._server is not None:
             self._server.stop(None).wait()
             self._server = None
+        if self._pr_server is not None:
+            self._pr_server.stop(None).wait()
+            self._pr_server = None
 
     def restart(self) -> int:
         self.stop()
@@ -280,6 +304,28 @@ class KubeletStandin:
                 if left <= 0:
                     raise TimeoutError(f"{self.hung} Register calls hanging, wanted {n}")
                 self._cond.wait(left)
+
+    def assign(self, resource: str, ids: Sequence[str], *, pod: str, namespace: str = "default",
+               container: str = "main") -> None:
+        with self._cond:
+            self._assigned.setdefault((namespace, pod, container), {}).setdefault(resource, []).extend(ids)
+
+    def release(self, *, pod: str, namespace: str = "default") -> None:
+        with self._cond:
+            for key in [k for k in self._assigned if k[:2] == (namespace, pod)]:
+                del self._assigned[key]
+
+    def _list_pod_resources(self) -> podresources_pb2.ListPodResourcesResponse:
+        with self._cond:
+            pods: dict[tuple[str, str], list] = {}
+            for (ns, pod, container), devices in sorted(self._assigned.items()):
+                pods.setdefault((ns, pod), []).append(podresources_pb2.ContainerResources(
+                    name=container,
+                    devices=[podresources_pb2.ContainerDevices(resource_name=r, device_ids=ids)
+                             for r, ids in sorted(devices.items())]))
+        return podresources_pb2.ListPodResourcesResponse(pod_resources=[
+            podresources_pb2.PodResources(namespace=ns, name=pod, containers=containers)
+            for (ns, pod), containers in pods.items()])
 
     def registrations_of(self, resource: str) -> list[Registration]:
         with self._cond:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Optional
 
+import attrs
 import pytest
 import trio
 from devplug.lib import aio
@@ -217,3 +218,49 @@ async def test_debug_socket_serves_the_inventory(setup):
 
     await run_daemon(config, source, scenario)
     assert not os.path.exists(config.debug_socket)
+
+
+@pytest.mark.parametrize("kubelet_knows", [True, False])
+async def test_replugs_with_new_serials_do_not_grow_the_inventory(setup, short_dir, kubelet_knows):
+    base, _rules, plugins = setup
+    pr = str(short_dir / "pod-resources.sock")
+    config = attrs.evolve(base, pod_resources_socket=pr, forget_after=0.2, max_unhealthy=5, cdi_spec_dir=None)
+    held = usb_tty(0, "HELD")
+    source = FakeSource([held], "test")
+    with KubeletStandin(str(plugins), auto_watch=True, pod_resources=pr if kubelet_knows else None) as kubelet:
+
+        async def scenario(daemon: Daemon):
+            await blocking(kubelet.wait_watch, R)
+            if kubelet_knows:
+                kubelet.assign(R, ["0403-6001-HELD"], pod="reader", namespace="iot", container="modbus")
+            source.unplug(held)
+            for n in range(1, 21):  # a gadget that comes back with a new serial each time
+                gadget = usb_tty(n, f"G{n:02}")
+                source.plug(gadget)
+                source.unplug(gadget)
+            await until(lambda: sum(daemon.telemetry.uevents.values()) == 41)  # all handled
+            await until(lambda: len(daemon.inventory.entries(R)) <= (1 if kubelet_knows else 5), timeout=10)
+            entries = {e.id: e.health for e in daemon.inventory.entries(R)}
+            if kubelet_knows:  # every unheld ID goes after the grace; the held one stays
+                assert entries == {"0403-6001-HELD": "Unhealthy"}
+                body = await _get_json(config.debug_socket, "/inventory")
+                assert body["pod_resources"] == "known"
+                assert body["devices"][0]["held_by"] == [{"namespace": "iot", "pod": "reader", "container": "modbus"}]
+            else:  # unknown holders: capped, the newest kept
+                assert sorted(entries) == [f"0403-6001-G{n:02}" for n in range(16, 21)]
+                body = await _get_json(config.debug_socket, "/inventory")
+                assert body["pod_resources"] == "unknown" and body["devices"][0]["held_by"] is None
+            text = metrics.exposition(daemon.telemetry.registry).decode()
+            forgotten = 20 if kubelet_knows else 16
+            assert f'devplug_ids_forgotten_total{{resource="{R}"}} {forgotten}.0' in text.splitlines()
+
+        await run_daemon(config, source, scenario)
+
+
+async def _get_json(sock: str, path: str) -> dict:
+    stream = await trio.open_unix_socket(sock)
+    await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while chunk := await stream.receive_some():
+        data += chunk
+    return json.loads(data.split(b"\r\n\r\n", 1)[1])

@@ -28,6 +28,14 @@ NETLINK_BUFFER = 128 * 1024 * 1024
 MAX_RULES_BYTES = 1024 * 1024
 LOG_LEVEL = "info"
 LOG_FORMAT = "text"
+#: kubelet's PodResources API: which pod holds which device ID.
+POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
+#: An Unhealthy ID no pod holds is forgotten after this many seconds (a replug within it
+#: keeps the ID healthy again; kubelet's view and a pod's request both survive a blip).
+FORGET_AFTER = 300.0
+#: At most this many Unhealthy IDs no pod is known to hold, per resource (oldest go first):
+#: bounds memory and every ListAndWatch message while PodResources is unreachable.
+MAX_UNHEALTHY = 256
 
 
 def parse_bytes(text: str) -> int:
@@ -64,6 +72,9 @@ class Config:
     pre_start_check: bool = False
     cdi_spec_dir: Optional[str] = None
     register: bool = True
+    pod_resources_socket: Optional[str] = POD_RESOURCES_SOCKET
+    forget_after: float = FORGET_AFTER
+    max_unhealthy: int = MAX_UNHEALTHY
 
     @property
     def rules_paths(self) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ the nursery; every adapter removes what it created on the way out.
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Optional, Protocol
@@ -24,6 +25,8 @@ from .core.inventory import Change, Inventory
 from .core.view import PublishedView
 from .core.rules import RulesError, RuleSet
 from .kubelet import KubeletAdapter
+from .kubelet.collector import Collector
+from .kubelet.podresources import Holders, PodResources
 from .lib import aio
 from .lib.logs import kv
 from .ops import debug
@@ -75,6 +78,9 @@ class Daemon:
             cdi=self.cdi.qualified_names if self.cdi else None,
             telemetry=self.telemetry,
         )
+        self.pod_resources = PodResources(config.pod_resources_socket) if config.pod_resources_socket else None
+        self.collector = Collector(self.inventory, self.publish, self._holders, grace=config.forget_after,
+                                   cap=config.max_unhealthy, on_forgotten=self.telemetry.on_forgotten)
         self._source_factory = source_factory or self._udev_source
         self._find = find
         self.source_kind = config.udev_source if source_factory is None else "test"
@@ -84,6 +90,9 @@ class Daemon:
         self._consume_scope: Optional[trio.CancelScope] = None
         self._consume_done = trio.Event()
         self._hostpath_scope: Optional[trio.CancelScope] = None
+
+    async def _holders(self) -> Optional[Holders]:
+        return await self.pod_resources.holders() if self.pod_resources is not None else None
 
     def _udev_source(self, subsystems: Optional[frozenset[str]], kind: str) -> Source:
         return UdevSource(source=kind, subsystems=subsystems, receive_buffer=self.config.netlink_buffer)
@@ -101,6 +110,7 @@ class Daemon:
         self.telemetry.on_refused(change.refused)
         if not change:
             return
+        self.collector.wake()
         # A resource the change dropped (forgotten on reload) must not come back here.
         new = (change.resources & self.inventory.resources()) - self._served
         if new:
@@ -139,6 +149,7 @@ class Daemon:
                     nursery.start_soon(self._cdi.run)
                 self.kubelet.set_resources(self._served)
                 await nursery.start(self.kubelet.run)
+                nursery.start_soon(self.collector.run)
                 await self._start_hostpaths()
                 await nursery.start(self._consume)
                 await nursery.start(rulefiles.watch, self.config.rules_paths, self.reload)
@@ -160,6 +171,7 @@ class Daemon:
             source=lambda: self.source_kind,
             rules_error=lambda: self.rules_error,
             find_device=self._find,
+            holders=self._holders if self.pod_resources is not None else None,
         )
 
     # ---- events -----------------------------------------------------------------------
@@ -341,8 +353,21 @@ def _leaves(group: BaseExceptionGroup) -> list[OSError]:
     return out
 
 
+def _raise_fd_limit() -> None:
+    """Use the hard descriptor limit, as Go programs (kubelet) do: the soft one is often
+    1,024, and the HTTP listeners size their connection caps from it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            return
+
+
 def main(config: Config) -> int:
     """Load the rules and run; user-fixable problems end in one line and a non-zero exit."""
+    _raise_fd_limit()
     try:
         ruleset = rulefiles.read_rules(config.rules_paths, max_bytes=config.max_rules_bytes)
     except RulesError as exc:

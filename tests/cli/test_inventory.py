@@ -11,6 +11,7 @@ from devplug.cli import inventory as cmd_inventory
 from devplug.ops import debug, httpserve
 
 from tests.ops.conftest import with_server
+from devplug.kubelet.podresources import Holder
 from tests.ops.test_debug import C, R, inventory, make_app
 
 
@@ -32,19 +33,23 @@ def run_cli(args):
 
 def test_table_is_aligned_and_lists_every_device(tmp_path):
     sock = str(tmp_path / "debug.sock")
-    app = make_app(inventory(), rules_error="r.rules:1:5: bad")
+
+    async def holders():  # kubelet's PodResources: who holds which ID
+        return {(R, "ftdi-A1"): (Holder("iot", "reader", "modbus"),)}
+
+    app = make_app(inventory(), rules_error="r.rules:1:5: bad", holders=holders)
     code, out, err = with_server(debug.serve, app, sock, None,
                                  client=lambda _: run_cli(parse_args(["--debug-socket", sock])))
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["RESOURCE", "ID", "HEALTH", "DEVNODE", "RULE", "SINCE"]
+    assert lines[0].split() == ["RESOURCE", "ID", "HEALTH", "DEVNODE", "HELD", "BY", "RULE", "SINCE"]
     assert lines[1:] == [
-        f"{C}     fuse-s0  Unhealthy  /dev/fuse     -                               2024-05-01T10:00:02Z",
-        f"{C}     fuse-s1  Unhealthy  /dev/fuse     -                               2024-05-01T10:00:02Z",
-        f"{R}  ftdi-A1  Healthy    /dev/ttyUSB0  /etc/devplug/10-serial.rules:3  2024-05-01T10:00:00Z",
+        f"{C}     fuse-s0  Unhealthy  /dev/fuse     -                  -                               2024-05-01T10:00:02Z",
+        f"{C}     fuse-s1  Unhealthy  /dev/fuse     -                  -                               2024-05-01T10:00:02Z",
+        f"{R}  ftdi-A1  Healthy    /dev/ttyUSB0  iot/reader/modbus  /etc/devplug/10-serial.rules:3  2024-05-01T10:00:00Z",
     ]
     # Columns line up: every cell of a column starts at the same offset as its header.
-    for col in ("ID", "HEALTH", "DEVNODE", "RULE", "SINCE"):
+    for col in ("ID", "HEALTH", "DEVNODE", "HELD BY", "RULE", "SINCE"):
         start = lines[0].index(col)
         assert all(line[start - 2:start] == "  " and line[start] != " " for line in lines)
     assert "r.rules:1:5: bad" in err
@@ -58,6 +63,7 @@ def test_json_is_the_daemons_json(tmp_path, monkeypatch):
     code, out, err = with_server(debug.serve, app, sock, None, client=lambda _: run_cli(args))
     assert code == 0 and err == ""
     assert json.loads(out) == app.inventory_json()
+    assert json.loads(out)["pod_resources"] == "off" and json.loads(out)["devices"][0]["held_by"] is None
 
 
 def test_default_socket(monkeypatch):

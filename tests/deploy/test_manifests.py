@@ -138,7 +138,8 @@ def test_least_privilege_security_context(base):
 def test_volumes(base):
     ds = one(base, "DaemonSet")
     m = mounts(ds)
-    want_host = {PLUGIN_DIR: False, "/dev": True, "/sys": True, "/run/udev": True}
+    want_host = {PLUGIN_DIR: False, "/dev": True, "/sys": True, "/run/udev": True,
+                 "/var/lib/kubelet/pod-resources": True}
     for path, read_only in want_host.items():
         volume, ro = m[path]
         assert volume["hostPath"]["path"] == path, path

@@ -181,7 +181,7 @@ def test_debug_socket_inventory_cli_metrics_and_health(tmp_path, kubelet, start_
     assert devices["virtual-tty-tty20"]["devnode"] == "/dev/tty20"
     assert devices["virtual-tty-tty20"]["rule"].endswith("test.rules:1")
     table = subprocess.run(cli, env=env, capture_output=True, text=True, check=True).stdout
-    assert table.split()[:6] == ["RESOURCE", "ID", "HEALTH", "DEVNODE", "RULE", "SINCE"]
+    assert table.split()[:8] == ["RESOURCE", "ID", "HEALTH", "DEVNODE", "HELD", "BY", "RULE", "SINCE"]
     assert "virtual-tty-tty22" in table and "Unhealthy" in table
 
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

@@ -291,6 +291,13 @@ def test_preferred_allocation_over_grpc(plugin_dir):
             assert await blocking(kubelet.preferred, R, avail, ["a2"], 2) == ["a2", "a1"]
             assert await blocking(kubelet.preferred, R, avail, [], 3) == ["b1", "b2", "b3"]
             assert await blocking(kubelet.preferred, R, avail, ["b3"], 3) == ["b3", "b1", "b2"]
+            with pytest.raises(grpc.RpcError) as err:  # a negative size is a gRPC status, not a crash
+                await blocking(kubelet.preferred, R, avail, [], -1)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "size -1" in err.value.details()
+            with pytest.raises(grpc.RpcError) as err:
+                await blocking(kubelet.preferred, R, ["a1"], ["b1"], 1)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert await blocking(kubelet.preferred, R, avail, [], 1) == ["a1"]  # still serving
 
         run_adapter(scenario, plugin_dir=plugin_dir, inventory=inv)
 

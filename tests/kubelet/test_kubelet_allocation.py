@@ -183,10 +183,10 @@ def test_preferred_best_fit_group_then_largest():
     assert preferred(ALL, [], 4, LOOK) == ["a1", "a2", "a3", "c1"]
 
 
-def test_preferred_uses_unhealthy_or_unknown_only_as_last_resort():
+def test_preferred_uses_unhealthy_only_as_last_resort_and_unknown_never():
     got = preferred(ALL + ["ghost"], [], 9, LOOK)
-    assert got[-2:] == ["ghost", "sick"]
-    assert sorted(got) == sorted(ALL + ["ghost"])
+    assert got[-1:] == ["sick"] and "ghost" not in got
+    assert sorted(got) == sorted(ALL)  # kubelet fills what is missing itself
 
 
 def test_preferred_only_chooses_available_and_is_deterministic():
@@ -194,8 +194,20 @@ def test_preferred_only_chooses_available_and_is_deterministic():
     first = preferred(avail, [], 2, LOOK)
     assert first == ["a1", "a2"]
     assert all(preferred(list(reversed(avail)), [], 2, LOOK) == first for _ in range(3))
-    assert preferred(["x"], [], 3, LOOK) == ["x"]  # fewer available than asked: all of them
-    assert preferred(ALL, ["a1", "b1"], 1, LOOK) == ["a1", "b1"]
+    assert preferred(["nope", "a1"], [], 2, LOOK) == ["a1"]  # never an ID devplug does not know
+
+
+@pytest.mark.parametrize("available, must, size, why", [
+    (["a1"], [], 3, "allocation size 3 is outside 1..1"),
+    (ALL, [], 0, "allocation size 0 is outside"),
+    (ALL, [], -2, "allocation size -2 is outside"),
+    (["a1", "a2"], ["b1"], 1, "must-include IDs ['b1'] are not among the available IDs"),
+    (ALL, ["a1", "b1"], 1, "2 must-include IDs exceed the size 1"),
+])
+def test_preferred_refuses_requests_kubelet_could_not_mean(available, must, size, why):
+    with pytest.raises(DeviceRequestError) as err:
+        preferred(available, must, size, LOOK)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and why in err.value.message
 
 
 # ---- PreStartContainer ---------------------------------------------------------------------

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from devplug.kubelet import api_pb2
+from devplug.kubelet import api_pb2, podresources_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "src" / "devplug" / "kubelet"
-GENERATED = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py")
+GENERATED = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py",
+             "podresources_pb2.py", "podresources_pb2.pyi", "podresources_pb2_grpc.py")
 
 # kubelet's k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1/api.proto, message by message.
 EXPECTED_FIELDS = {
@@ -68,6 +69,27 @@ def test_package_messages_and_field_numbers_match_kubelet():
         assert {f.name: f.number for f in msg.fields} == fields, name
 
 
+# kubelet's k8s.io/kubelet/pkg/apis/podresources/v1/api.proto (the messages List uses).
+EXPECTED_PODRESOURCES = {
+    "ListPodResourcesRequest": {},
+    "ListPodResourcesResponse": {"pod_resources": 1},
+    "PodResources": {"name": 1, "namespace": 2, "containers": 3},
+    "ContainerResources": {"name": 1, "devices": 2},
+    "ContainerDevices": {"resource_name": 1, "device_ids": 2},
+}
+
+
+def test_podresources_messages_and_service_match_kubelet():
+    fd = podresources_pb2.DESCRIPTOR
+    assert fd.package == "v1"
+    assert set(fd.message_types_by_name) == set(EXPECTED_PODRESOURCES)
+    for name, fields in EXPECTED_PODRESOURCES.items():
+        assert {f.name: f.number for f in fd.message_types_by_name[name].fields} == fields, name
+    (method,) = fd.services_by_name["PodResourcesLister"].methods
+    assert (method.name, method.input_type.name, method.output_type.name) == (
+        "List", "ListPodResourcesRequest", "ListPodResourcesResponse")
+
+
 def test_map_fields_and_services_match_kubelet():
     car = api_pb2.DESCRIPTOR.message_types_by_name["ContainerAllocateResponse"]
     for name in ("envs", "annotations"):
@@ -114,9 +136,10 @@ def test_generation_is_reproducible(tmp_path):
 
 def test_generated_service_module_imports_inside_the_package():
     # The committed service module must use a relative import, not a top-level `api_pb2`.
-    text = (PKG / "api_pb2_grpc.py").read_text()
-    assert "from . import api_pb2 as api__pb2" in text
-    assert "\nimport api_pb2" not in text
+    for name in ("api", "podresources"):
+        text = (PKG / f"{name}_pb2_grpc.py").read_text()
+        assert f"from . import {name}_pb2 as {name}__pb2" in text
+        assert f"\nimport {name}_pb2" not in text
 
 
 def test_hand_registered_handlers_cover_the_service_and_encode_like_protobuf():

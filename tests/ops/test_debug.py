@@ -46,7 +46,7 @@ def inventory():
     return inv
 
 
-def make_app(inv, *, plugins=None, monitor=True, register=True, rules_error=None):
+def make_app(inv, *, plugins=None, monitor=True, register=True, rules_error=None, holders=None):
     telemetry = Telemetry(inv)
     if rules_error:
         telemetry.on_reload(False, rules_error)
@@ -54,7 +54,7 @@ def make_app(inv, *, plugins=None, monitor=True, register=True, rules_error=None
     plugins = {R: status(R), C: status(C)} if plugins is None else plugins
     return DebugApp(inv, telemetry, pipeline=lambda: pipeline, plugins=lambda: plugins,
                     monitor_running=lambda: monitor, register=register, node="edge-7",
-                    source=lambda: "kernel", clock=lambda: T0 + 60, find_device=_no_device)
+                    source=lambda: "kernel", clock=lambda: T0 + 60, find_device=_no_device, holders=holders)
 
 
 def _no_device(spec):

@@ -52,7 +52,7 @@ def test_idle_connection_flood_never_stops_registration_or_listandwatch(tmp_path
     clients: list[socket.socket] = []
     with KubeletStandin(str(plugin_dir), auto_watch=True) as kubelet, open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [PRLIMIT, f"--nofile={NOFILE}:", "--", sys.executable, "-m", "devplug", "run", "--rules", str(rules), "--plugin-dir", str(plugin_dir),
+            [PRLIMIT, f"--nofile={NOFILE}:{NOFILE}", "--", sys.executable, "-m", "devplug", "run", "--rules", str(rules), "--plugin-dir", str(plugin_dir),
              "--debug-socket", debug_sock, "--metrics-address", "127.0.0.1:0", "--udev-source", "kernel"],
             env=env, stdout=log, stderr=subprocess.STDOUT)
         try:

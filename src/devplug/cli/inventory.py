@@ -22,7 +22,7 @@ import h11
 from .. import config
 
 TIMEOUT = 10.0
-COLUMNS = ("RESOURCE", "ID", "HEALTH", "DEVNODE", "RULE", "SINCE")
+COLUMNS = ("RESOURCE", "ID", "HEALTH", "DEVNODE", "HELD BY", "RULE", "SINCE")
 
 _REASONS = {
     errno.ENOENT: "no such file",
@@ -104,10 +104,18 @@ def _since(device: dict[str, Any]) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _held_by(device: dict[str, Any]) -> str:
+    """``namespace/pod/container`` of each holder; ``?`` when kubelet could not say."""
+    held = device.get("held_by")
+    if held is None:
+        return "?"
+    return ",".join(f"{h['namespace']}/{h['pod']}/{h['container']}" for h in held) or "-"
+
+
 def rows(inventory: dict[str, Any]) -> list[tuple[str, ...]]:
     return [
         (d.get("resource") or "-", d.get("id") or "-", d.get("health") or "-",
-         d.get("devnode") or "-", d.get("rule") or "-", _since(d))
+         d.get("devnode") or "-", _held_by(d), d.get("rule") or "-", _since(d))
         for d in inventory.get("devices", [])
     ]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from .. import config
 
@@ -22,6 +23,20 @@ def _bytes(text: str) -> int:
         return config.parse_bytes(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 1048576, 512K, 4M)") from None
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    """An argparse type: a number above zero."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above zero: {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +69,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ask kubelet to call PreStartContainer and re-check the device node then")
     p.add_argument("--cdi-spec-dir", default=_env("cdi-spec-dir", ""),
                    help="write CDI specs here (e.g. /var/run/cdi) and return CDI names from Allocate")
+    p.add_argument("--pod-resources-socket", default=_env("pod-resources-socket", config.POD_RESOURCES_SOCKET),
+                   help="kubelet's PodResources socket: which pod holds which ID (empty: unknown)")
+    p.add_argument("--forget-after", type=_positive(float), metavar="SECONDS",
+                   default=_env("forget-after", str(config.FORGET_AFTER)),
+                   help=f"forget an Unhealthy ID no pod holds after this long (default {config.FORGET_AFTER:g})")
+    p.add_argument("--max-unhealthy", type=_positive(int), metavar="N",
+                   default=_env("max-unhealthy", str(config.MAX_UNHEALTHY)),
+                   help="keep at most N Unhealthy IDs no pod is known to hold, per resource "
+                   f"(default {config.MAX_UNHEALTHY})")
     p.add_argument("--no-register", action="store_true", default=_env_bool("no-register"),
                    help="serve the plugin sockets without registering with kubelet (testing)")
     p.add_argument("--log-level", default=_env("log-level", config.LOG_LEVEL),
@@ -84,5 +108,8 @@ def run(args: argparse.Namespace) -> int:
         pre_start_check=args.pre_start_check,
         cdi_spec_dir=args.cdi_spec_dir or None,
         register=not args.no_register,
+        pod_resources_socket=args.pod_resources_socket or None,
+        forget_after=args.forget_after,
+        max_unhealthy=args.max_unhealthy,
     )
     return daemon.main(cfg)

@@ -105,9 +105,23 @@ def preferred(
     Must-include IDs come first. Then healthy devices sharing a topology group (a USB hub,
     a parent) with them; then whole groups, best fit first (the smallest group that
     covers what is still needed, else the largest, so big groups stay together for later
-    requests); unhealthy or unknown IDs only as a last resort. Ties break by the
-    smallest device ID.
+    requests); unhealthy IDs only as a last resort, IDs devplug does not know never (kubelet
+    fills the rest itself). Ties break by the smallest device ID. Only IDs of ``available``
+    are ever returned; a request kubelet could not have meant (a size outside
+    1..len(available), must-include IDs that are not available or more than the size) is
+    INVALID_ARGUMENT.
     """
+    offered = dict.fromkeys(available)
+    if not 1 <= size <= len(offered):
+        raise DeviceRequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"allocation size {size} is outside 1..{len(offered)} (the available IDs)")
+    missing = [i for i in must_include if i not in offered]
+    if missing:
+        raise DeviceRequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"must-include IDs {missing!r} are not among the available IDs")
+    if len(set(must_include)) > size:
+        raise DeviceRequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"{len(set(must_include))} must-include IDs exceed the size {size}")
     chosen: dict[str, None] = dict.fromkeys(must_include)
     need = size - len(chosen)
     if need <= 0:
@@ -117,11 +131,13 @@ def preferred(
     # of its own), the rest kept aside.
     groups: dict[tuple[str, str], list[str]] = {}
     rest: list[str] = []
-    for device_id in dict.fromkeys(available):
+    for device_id in offered:
         if device_id in chosen:
             continue
         e = lookup(device_id)
-        if e is None or not e.healthy:
+        if e is None:
+            continue
+        if not e.healthy:
             rest.append(device_id)
             continue
         key = ("t", e.topology) if e.topology else ("d", device_id)

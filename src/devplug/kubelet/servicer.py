@@ -100,6 +100,8 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
             # The list kubelet gets after every change, pre-encoded: each device's bytes are
             # cached, so a change in a resource of 1,000 devices costs a join, not a rebuild.
             chunks = self._chunks
+            if len(chunks) > 2 * len(entries) + 64:
+                chunks.clear()  # forgotten IDs (replugs with new serials): stay near the live size
             self._response = b"".join(
                 chunks.get((e.id, e.health)) or _device_chunk(chunks, e.id, e.health) for e in entries
             )
@@ -134,19 +136,16 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
 
     async def GetPreferredAllocation(self, request, context):  # noqa: N802
         lookup = self._lookup()
-        return api_pb2.PreferredAllocationResponse(
-            container_responses=[
-                api_pb2.ContainerPreferredAllocationResponse(
-                    deviceIDs=allocation.preferred(
-                        creq.available_deviceIDs,
-                        creq.must_include_deviceIDs,
-                        creq.allocation_size,
-                        lookup,
-                    )
-                )
+        try:
+            responses = [
+                api_pb2.ContainerPreferredAllocationResponse(deviceIDs=allocation.preferred(
+                    creq.available_deviceIDs, creq.must_include_deviceIDs, creq.allocation_size, lookup))
                 for creq in request.container_requests
             ]
-        )
+        except allocation.DeviceRequestError as e:
+            log.warning("preferred allocation refused", extra=kv(resource=self.resource, error=e.message))
+            await context.abort(e.code, e.message)
+        return api_pb2.PreferredAllocationResponse(container_responses=responses)
 
     async def Allocate(self, request, context):  # noqa: N802
         try:
@@ -180,8 +179,6 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
 def _device_chunk(cache: dict[tuple[str, str], bytes], device_id: str, health: str) -> bytes:
     """One ``devices`` element of ListAndWatchResponse on the wire (repeated fields concatenate)."""
     chunk = api_pb2.ListAndWatchResponse(devices=[api_pb2.Device(ID=device_id, health=health)]).SerializeToString()
-    if len(cache) > 65536:  # IDs churn (DEVICE_ID templates, reloads): stay bounded
-        cache.clear()
     cache[(device_id, health)] = chunk
     return chunk
 

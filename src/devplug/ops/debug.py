@@ -25,7 +25,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Optional, Protocol
 
 import attrs
@@ -107,7 +107,8 @@ def _time(epoch: Optional[float]) -> dict[str, Any]:
     return {"since": rfc3339(epoch), "since_epoch": round(epoch, 6)}
 
 
-def entry_json(e: Entry) -> dict[str, Any]:
+def entry_json(e: Entry, held_by: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+    """One device; ``held_by`` lists the containers holding it (None: not known)."""
     c = e.claim
     return {
         "id": e.id,
@@ -125,6 +126,7 @@ def entry_json(e: Entry) -> dict[str, Any]:
         "hostpath": e.hostpath,
         "share": c.share,
         "claim": claim_json(c, base_id=e.physical),
+        "held_by": held_by,
     }
 
 
@@ -203,6 +205,7 @@ class DebugApp:
         source: Callable[[], str] = lambda: "",
         rules_error: Callable[[], Optional[str]] | None = None,
         find_device: Callable[[str], Device],
+        holders: Optional[Callable[[], Awaitable[Optional[Mapping[tuple[str, str], Any]]]]] = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.inventory = inventory
@@ -215,6 +218,7 @@ class DebugApp:
         self._source = source
         self._rules_error = rules_error or (lambda: telemetry.rules_error)
         self._find_device = find_device
+        self._holders = holders
         self._clock = clock
         self._routes = {
             "/inventory": self._inventory,
@@ -243,12 +247,21 @@ class DebugApp:
         return check_health(self.inventory, monitor_running=self._monitor_running(),
                             plugins=self._plugins(), register=self._register)
 
-    def inventory_json(self) -> dict[str, Any]:
+    def inventory_json(self, holders: Optional[Mapping[tuple[str, str], Any]] = None) -> dict[str, Any]:
+        """``holders``: (resource, ID) → the containers holding it (kubelet's PodResources),
+        None when that is not known."""
         pipeline = self._pipeline()
         health = self.health()
         now = self._clock() if self._clock else time.time()
+
+        def held(e: Entry) -> Optional[list[dict[str, Any]]]:
+            if holders is None:
+                return None
+            return [attrs.asdict(h) for h in holders.get((e.resource, e.id), ())]
+
         return {
-            "devices": [entry_json(e) for e in self.inventory.all_entries()],
+            "devices": [entry_json(e, held(e)) for e in self.inventory.all_entries()],
+            "pod_resources": "known" if holders is not None else ("unknown" if self._holders else "off"),
             "refused": [refusal_json(r) for r in self.inventory.refused()],
             "rules": {"files": list(pipeline.ruleset.files), "error": self._rules_error()},
             "plugins": {name: _status_json(s) for name, s in self._plugins().items()},
@@ -263,7 +276,8 @@ class DebugApp:
         return httpserve.text(200, "devplug: " + " ".join(sorted(p for p in self._routes if p != "/")))
 
     async def _inventory(self, query: Mapping[str, str]) -> Response:
-        return _json(200, self.inventory_json())
+        holders = await self._holders() if self._holders is not None else None
+        return _json(200, self.inventory_json(holders))
 
     async def _events(self, query: Mapping[str, str]) -> Response:
         limit = query.get("limit")

@@ -199,3 +199,21 @@ def test_find_device_explains_what_is_wrong(spec, reason):
         find_device(spec)
     assert isinstance(err.value, LookupError)
     assert reason in str(err.value) and str(err.value).startswith(f"{spec}: ")
+
+
+def test_parent_cache_is_bounded_and_keeps_the_recently_used(tmp_path):
+    from devplug.sources.udev.records import ParentCache
+
+    cache = ParentCache(limit=3)
+    dirs = []
+    for n in range(5):  # a hub gadget replugging: new parent directories forever
+        d = tmp_path / f"1-{n}"
+        d.mkdir()
+        dirs.append(str(d))
+        ino, _rec, valid = cache.get(str(d))
+        assert not valid
+        cache.put(str(d), ino, None)
+        if n == 2:
+            assert cache.get(dirs[0])[2]  # used again: now the most recent
+    assert len(cache) == 3
+    assert [cache.get(d)[2] for d in dirs] == [True, False, False, True, True]

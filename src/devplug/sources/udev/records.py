@@ -111,7 +111,13 @@ def _properties(dev: pyudev.Device) -> dict[str, str]:
             for k, v in udev_list_iterate(dev._libudev, entry)
         }
     except (ImportError, AttributeError):
-        return {str(k): str(v) for k, v in dev.properties.items()}
+        out: dict[str, str] = {}
+        for key in dev.properties:
+            try:
+                out[str(key)] = str(dev.properties[key])
+            except UnicodeDecodeError:  # pyudev decodes strictly: keep the rest of the device
+                continue
+        return out
 
 
 def _sorted_list_properties(props: dict[str, str]) -> None:
@@ -166,8 +172,13 @@ class ParentCache:
     when the monitor's subsystem filter hid the parent's own remove/add events.
     """
 
-    def __init__(self) -> None:
+    #: Parent directories remembered at most (least recently used go first): a gadget that
+    #: emulates a hub and replugs forever must not grow this without bound.
+    LIMIT = 1024
+
+    def __init__(self, limit: int = LIMIT) -> None:
         self._entries: dict[str, tuple[int, Optional[Device]]] = {}
+        self._limit = limit
 
     def get(self, syspath: str) -> tuple[Optional[int], Optional[Device], bool]:
         """(current inode or None, cached record, whether the cached record is valid)."""
@@ -175,14 +186,21 @@ class ParentCache:
             ino = os.stat(syspath).st_ino
         except OSError:
             return None, None, False
-        hit = self._entries.get(syspath)
+        hit = self._entries.pop(syspath, None)
         if hit is not None and hit[0] == ino:
+            self._entries[syspath] = hit  # most recently used last
             return ino, hit[1], True
         return ino, None, False
 
     def put(self, syspath: str, ino: Optional[int], record: Optional[Device]) -> None:
         if ino is not None:
+            self._entries.pop(syspath, None)
             self._entries[syspath] = (ino, record)
+            while len(self._entries) > self._limit:
+                del self._entries[next(iter(self._entries))]
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def forget(self, syspath: str) -> None:
         """An event for this device: its properties or driver may have changed."""
