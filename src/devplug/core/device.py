@@ -54,8 +54,18 @@ class Device:
     properties: Mapping[str, str] = attrs.field(factory=dict)
     tags: frozenset[str] = frozenset()
     read_attr: AttrReader = no_attrs
-    parent: Optional[Device] = None
+    _parent: Optional[Device] = attrs.field(default=None, alias="parent")
     sys_root: str = "/sys"
+    #: Finds the parent when first asked (events: a ``remove`` never needs it); None: ``parent``.
+    _load_parent: Optional[Callable[[], Optional[Device]]] = attrs.field(default=None, alias="load_parent")
+
+    @property
+    def parent(self) -> Optional[Device]:
+        load = self._load_parent
+        if load is not None:
+            object.__setattr__(self, "_parent", load())
+            object.__setattr__(self, "_load_parent", None)
+        return self._parent
 
     @property
     def syspath(self) -> str:

@@ -217,3 +217,22 @@ def test_parent_cache_is_bounded_and_keeps_the_recently_used(tmp_path):
             assert cache.get(dirs[0])[2]  # used again: now the most recent
     assert len(cache) == 3
     assert [cache.get(d)[2] for d in dirs] == [True, False, False, True, True]
+
+
+def test_a_device_directory_seen_mid_removal_is_not_glue_forever(tmp_path):
+    """The kernel deletes a device's uevent file before its directory: a parent lookup at
+    that moment takes the directory for glue. The next device in that port (a new
+    directory) must be found again (a replugged USB adapter lost its interface otherwise)."""
+    from devplug.sources.udev.records import parent_devpath
+
+    root = tmp_path / "sys"
+    port = root / "devices" / "usb1" / "1-1"
+    iface = port / "1-1:1.0"
+    iface.mkdir(parents=True)
+    (port / "uevent").write_text("")
+    # Mid-removal: the interface directory is still there, its uevent file is not.
+    assert parent_devpath("/devices/usb1/1-1/1-1:1.0/ttyUSB0", sys_root=str(root)) == "/devices/usb1/1-1"
+    iface.rmdir()
+    iface.mkdir()  # replugged: a new directory, a device this time
+    (iface / "uevent").write_text("")
+    assert parent_devpath("/devices/usb1/1-1/1-1:1.0/ttyUSB0", sys_root=str(root)) == "/devices/usb1/1-1/1-1:1.0"

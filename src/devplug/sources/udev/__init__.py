@@ -1,20 +1,16 @@
 """The udev adapter: the only part of devplug that imports pyudev.
 
-* :func:`device_from_pyudev`, :func:`find_device` (``records``) build the pure
-  :class:`devplug.device.Device` records the rules engine matches.
-* :class:`UdevSource` (``source``) turns netlink uevents into :class:`DeviceEvent` and
+* ``netlink``: uevents read and checked straight off the netlink socket.
+* ``records``: the pure :class:`devplug.core.device.Device` records the rules engine
+  matches, from uevents (``device_from_uevent``) and from libudev (``device_from_pyudev``).
+* ``db``: udevd's database, for the kernel source.
+* ``lookup``: a device by ``/sys`` path, devpath or ``/dev`` node, for people.
+* :class:`UdevSource` (``source``) turns uevents into :class:`DeviceEvent` and
   :class:`Resync` items inside trio; see its module for what each source can see.
 """
 
-from .records import (
-    DeviceNotFound,
-    device_from_pyudev,
-    find_device,
-    list_devices,
-    read_sysattr,
-    sysattr_names,
-    sysattr_reader,
-)
+from .lookup import DeviceNotFound, find_device, sysattr_names
+from .records import device_from_pyudev, list_devices, read_sysattr, sysattr_reader
 from .source import DeviceEvent, Resync, SourceItem, UdevSource, resolve_source, udevd_reachable
 
 __all__ = [

@@ -37,18 +37,6 @@ from ...core.device import AttrReader, Device
 _LINK_ATTRS = frozenset({"driver", "subsystem", "module"})
 
 
-class DeviceNotFound(LookupError):
-    """A user-given device spec that names no device; ``str()`` is one clear line."""
-
-    def __init__(self, spec: str, reason: str) -> None:
-        super().__init__(spec, reason)
-        self.spec = spec
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.spec}: {self.reason}"
-
-
 def read_sysattr(syspath: str, name: str) -> Optional[str]:
     """One sysfs attribute, exactly as ``sd_device_get_sysattr_value`` reads it (uncached)."""
     path = os.path.join(syspath, name)
@@ -143,25 +131,19 @@ def _driver(props: dict[str, str], syspath: str) -> Optional[str]:
 
 def parent_devpath(devpath: str, *, sys_root: str = "/sys") -> Optional[str]:
     """The nearest ancestor directory that is a device (has a ``uevent`` file), as libudev
-    finds parents; for a removed device, the nearest one still in sysfs."""
+    finds parents; for a removed device, the nearest one still in sysfs.
+
+    One ``stat`` per level and no memory of glue directories (``.../virtual/tty``): a device
+    directory in the middle of its removal (the kernel deletes ``uevent`` first) looks like
+    glue for a moment, and remembering that lost the next adapter plugged into the port.
+    """
     path = devpath
     while True:
         path = path.rpartition("/")[0]
         if path.count("/") < 2:  # reached /devices itself
             return None
-        key = sys_root + path
-        if key in _GLUE:
-            continue
-        if os.path.exists(key + "/uevent"):
+        if os.path.exists(sys_root + path + "/uevent"):
             return path
-        if os.path.isdir(key) and len(_GLUE) < _GLUE_MAX:
-            # An existing directory without uevent is kernel glue (a class directory such as
-            # .../virtual/tty): it never turns into a device, so stop asking sysfs about it.
-            _GLUE.add(key)
-
-
-_GLUE: set[str] = set()
-_GLUE_MAX = 4096
 
 
 class ParentCache:
@@ -265,6 +247,55 @@ def device_from_pyudev(
     )
 
 
+def device_from_uevent(props: dict[str, str], *, context: pyudev.Context, sys_root: str = "/sys",
+                       parent_cache: Optional[ParentCache] = None) -> Device:
+    """The :class:`Device` record of one uevent's properties (``netlink.parse``).
+
+    What the event says is used as is; the parent chain is looked up only when a rule or
+    the identity asks for it (in the same pass over the rules, so sysfs is read as it is
+    then), and a ``remove`` never asks. Attribute reads stay lazy as for every record.
+    """
+    _sorted_list_properties(props)
+    devpath = props["DEVPATH"]
+    syspath = sys_root + devpath
+
+    def load_parent() -> Optional[Device]:
+        parent_path = parent_devpath(devpath, sys_root=sys_root)
+        if parent_path is None:
+            return None
+        ino, parent, valid = (parent_cache.get(sys_root + parent_path) if parent_cache is not None
+                              else (None, None, False))
+        if valid:
+            return parent
+        try:
+            pdev = pyudev.Devices.from_sys_path(context, sys_root + parent_path)
+            parent = device_from_pyudev(pdev, sys_root=sys_root, parent_cache=parent_cache)
+        except (OSError, pyudev.DeviceNotFoundError):  # gone meanwhile
+            parent = None
+        if parent_cache is not None:
+            parent_cache.put(sys_root + parent_path, ino, parent)
+        return parent
+
+    devname = props.get("DEVNAME")
+    if devname is not None and not devname.startswith("/"):
+        devname = props["DEVNAME"] = "/dev/" + devname  # as libudev reports the kernel's name
+    links = props.get("DEVLINKS")
+    return Device(
+        devpath=devpath,
+        sysname=devpath.rpartition("/")[2].replace("!", "/"),
+        subsystem=props.get("SUBSYSTEM"),
+        driver=_driver(props, syspath),
+        devtype=props.get("DEVTYPE"),
+        devnode=devname,
+        symlinks=tuple(links.split()) if links else (),
+        properties=props,
+        tags=_tags(props),
+        read_attr=sysattr_reader(syspath),
+        sys_root=sys_root,
+        load_parent=load_parent,
+    )
+
+
 def list_devices(
     subsystems: Optional[frozenset[str]] = None, *, context: Optional[pyudev.Context] = None
 ) -> tuple[Device, ...]:
@@ -281,73 +312,3 @@ def list_devices(
         except (OSError, pyudev.DeviceNotFoundError):  # vanished while we looked
             continue
     return tuple(out)
-
-
-def sysattr_names(device: Device) -> list[str]:
-    """The attribute names directly in the device's sysfs directory, as ``udevadm info -a``
-    offers them: regular files and the ``driver``/``subsystem``/``module`` links, sorted."""
-    names: list[str] = []
-    try:
-        entries = list(os.scandir(device.syspath))
-    except OSError:
-        return names
-    for entry in entries:
-        try:
-            if entry.is_symlink():
-                if entry.name in _LINK_ATTRS:
-                    names.append(entry.name)
-            elif entry.is_file(follow_symlinks=False):
-                names.append(entry.name)
-        except OSError:
-            continue
-    return sorted(names)
-
-
-def _pyudev_from_spec(spec: str, context: pyudev.Context, sys_root: str) -> pyudev.Device:
-    if not spec:
-        raise DeviceNotFound(spec, "empty device name")
-    if spec.startswith("/dev/"):
-        try:
-            st = os.stat(spec)
-        except FileNotFoundError:
-            raise DeviceNotFound(spec, "no such device node") from None
-        except OSError as exc:
-            raise DeviceNotFound(spec, f"cannot stat: {exc.strerror}") from None
-        if stat.S_ISCHR(st.st_mode):
-            kind = "char"
-        elif stat.S_ISBLK(st.st_mode):
-            kind = "block"
-        else:
-            raise DeviceNotFound(spec, "not a character or block device node")
-        try:
-            return pyudev.Devices.from_device_number(context, kind, st.st_rdev)
-        except pyudev.DeviceNotFoundError:
-            raise DeviceNotFound(
-                spec, f"no {kind} device {os.major(st.st_rdev)}:{os.minor(st.st_rdev)} in sysfs"
-            ) from None
-    if spec.startswith("/devices/"):
-        syspath = sys_root + spec
-    elif spec == sys_root or spec.startswith(sys_root + "/"):
-        syspath = spec
-    else:
-        raise DeviceNotFound(spec, "expected a /sys path, a devpath (/devices/...) or a /dev node")
-    real = os.path.realpath(syspath)
-    if not os.path.isdir(real):
-        raise DeviceNotFound(spec, "no such device in sysfs")
-    if not os.path.exists(os.path.join(real, "uevent")):
-        raise DeviceNotFound(spec, "not a device directory (no uevent file)")
-    try:
-        return pyudev.Devices.from_sys_path(context, real)
-    except pyudev.DeviceNotFoundError:
-        raise DeviceNotFound(spec, "no such device in sysfs") from None
-
-
-def find_device(spec: str, *, context: Optional[pyudev.Context] = None) -> Device:
-    """Look a device up by ``/sys`` path (``/sys/class/...`` too), devpath or ``/dev`` node.
-
-    ``/dev`` symlinks such as ``/dev/serial/by-id/...`` resolve to their node. Raises
-    :class:`DeviceNotFound` with a user-facing reason otherwise.
-    """
-    ctx = context or pyudev.Context()
-    sys_root = ctx.sys_path
-    return device_from_pyudev(_pyudev_from_spec(spec, ctx, sys_root), sys_root=sys_root)

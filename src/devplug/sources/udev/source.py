@@ -55,11 +55,14 @@ from ...config import NETLINK_BUFFER
 from ...core.device import Device
 from ...lib.logs import kv
 from . import db
-from .records import ParentCache, device_from_pyudev, list_devices
+from .netlink import UeventSocket
+from .records import ParentCache, device_from_uevent, list_devices
 
 log = logging.getLogger(__name__)
 
 CONTROL_SOCKET = "/run/udev/control"
+#: Actions after which the device is gone: its record needs no udev database.
+_ABSENT = frozenset({"remove", "unbind"})
 #: After ENOBUFS, stop discarding queued messages after this many (a storm may not pause).
 _DISCARD_LIMIT = 100_000
 
@@ -169,16 +172,6 @@ def resolve_source(source: str) -> str:
     return "udev" if udevd_reachable() else "kernel"
 
 
-def _receive(monitor: pyudev.Monitor) -> Optional[pyudev.Device]:
-    """One queued message, or ``None`` when the (non-blocking) socket has none left.
-
-    Not ``Monitor.poll(timeout=0)``: when the kernel flags ENOBUFS the socket polls as
-    POLLERR and pyudev's ``poll`` raises an OSError without errno, hiding the overflow.
-    libudev's receive reports it as ``OSError(ENOBUFS)``.
-    """
-    return monitor._receive_device()
-
-
 class UdevSource:
     """Device events from netlink, for one trio task to iterate.
 
@@ -207,29 +200,28 @@ class UdevSource:
         self.db_dir = db_dir
         self.overflows = 0
         self._parent_cache = ParentCache()
-        self._monitor: Optional[pyudev.Monitor] = None
+        self._socket: Optional[UeventSocket] = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Create, filter and start the netlink monitor (before any enumeration)."""
-        if self._monitor is not None:
+        """Create and bind the netlink socket (before any enumeration)."""
+        if self._socket is not None:
             return
-        monitor = pyudev.Monitor.from_netlink(self.context, source=self.source_kind)
-        for subsystem in sorted(self.subsystems or ()):
-            monitor.filter_by(subsystem)
-        if self.receive_buffer:
-            try:
-                monitor.set_receive_buffer_size(self.receive_buffer)
-            except OSError as exc:
-                log.warning("cannot enlarge the netlink receive buffer", extra=kv(
-                    error=exc.strerror, asked=self.receive_buffer, got=self._rcvbuf(monitor)))
-        monitor.start()
-        self._monitor = monitor
+        sock = UeventSocket(self.source_kind, self.receive_buffer)
+        if sock.buffer_error is not None:
+            log.warning("cannot enlarge the netlink receive buffer past net.core.rmem_max", extra=kv(
+                error=sock.buffer_error.strerror, asked=self.receive_buffer, got=sock.receive_buffer))
+        self._socket = sock
 
     def close(self) -> None:
-        """Close the netlink socket (pyudev has no close: dropping the monitor unrefs it)."""
-        self._monitor = None
+        sock, self._socket = self._socket, None
+        if sock is not None:
+            try:
+                trio.lowlevel.notify_closing(sock.fileno())
+            except RuntimeError:  # not inside trio: nobody can be waiting
+                pass
+            sock.close()
 
     def fileno(self) -> int:
         return self._require().fileno()
@@ -237,17 +229,12 @@ class UdevSource:
     @property
     def receive_buffer_bytes(self) -> int:
         """The socket's actual receive buffer (the kernel doubles what was asked)."""
-        return self._rcvbuf(self._require())
+        return self._require().receive_buffer
 
-    @staticmethod
-    def _rcvbuf(monitor: pyudev.Monitor) -> int:
-        with socket.socket(fileno=os.dup(monitor.fileno())) as s:
-            return s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-
-    def _require(self) -> pyudev.Monitor:
-        if self._monitor is None:
+    def _require(self) -> UeventSocket:
+        if self._socket is None:
             raise RuntimeError("UdevSource.open() was not called (or the source is closed)")
-        return self._monitor
+        return self._socket
 
     # -- coldplug --------------------------------------------------------------------------
 
@@ -260,60 +247,56 @@ class UdevSource:
 
     # -- events ----------------------------------------------------------------------------
 
-    def _record(self, dev: pyudev.Device) -> Device:
-        self._parent_cache.forget(self.context.sys_path + dev.device_path)
-        record = device_from_pyudev(dev, sys_root=self.context.sys_path, parent_cache=self._parent_cache)
-        if self.source_kind == "kernel":
+    def _record(self, props: dict[str, str], action: str) -> Device:
+        sys_root = self.context.sys_path
+        self._parent_cache.forget(sys_root + props["DEVPATH"])
+        record = device_from_uevent(props, context=self.context, sys_root=sys_root,
+                                    parent_cache=self._parent_cache)
+        if self.source_kind == "kernel" and action not in _ABSENT:
+            # udevd's view (symlinks, ID_* properties, tags) as far as it has written it; a
+            # device that is gone needs none of it.
             record = db.enrich(record, db.read_db(record, self.db_dir))
         return record
-
-    def _discard_queued(self) -> int:
-        monitor = self._require()
-        dropped = 0
-        while dropped < _DISCARD_LIMIT:
-            try:
-                if _receive(monitor) is None:
-                    break
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                self.overflows += 1
-            dropped += 1
-        return dropped
 
     async def events(self, *, coldplug: bool = False) -> AsyncIterator[SourceItem]:
         """Yield events as they arrive; with ``coldplug`` a ``Resync("coldplug")`` comes first.
 
         Waits on the socket with ``trio.lowlevel.wait_readable`` and drains every queued
-        message per wake-up.
+        message per wake-up. Messages of other subsystems are dropped before any record is
+        built (udevd's messages carry a filter hash for a kernel BPF filter; devplug's
+        subsystem sets are small, so comparing the property costs less than the filter).
         """
         self.open()
         if coldplug:
             yield Resync(await trio.to_thread.run_sync(self.enumerate), "coldplug")
-        monitor = self._require()
-        fd = monitor.fileno()
+        sock = self._require()
+        fd = sock.fileno()
+        wanted = self.subsystems
         while True:
             await trio.lowlevel.wait_readable(fd)
             while True:
                 try:
-                    dev = _receive(monitor)
+                    props = sock.receive()
                 except OSError as exc:
                     if exc.errno != errno.ENOBUFS:
                         raise
                     self.overflows += 1
-                    dropped = self._discard_queued()
+                    dropped, more = sock.drain(_DISCARD_LIMIT)
+                    self.overflows += more
                     log.warning("netlink receive buffer overflowed: re-enumerating",
                                 extra=kv(overflows=self.overflows, discarded=dropped))
                     yield Resync(await trio.to_thread.run_sync(self.enumerate), "overflow")
                     continue
-                if dev is None:
+                if props is None:
                     break
                 received = time.perf_counter_ns()
-                action = dev.action or "change"
+                if wanted is not None and props.get("SUBSYSTEM") not in wanted:
+                    continue
+                action = props.get("ACTION") or "change"
                 try:
-                    record = self._record(dev)
-                except (OSError, pyudev.DeviceNotFoundError) as exc:
+                    record = self._record(props, action)
+                except OSError as exc:
                     log.debug("dropping event for a device we cannot read", extra=kv(error=str(exc)))
                     continue
-                seqnum = dev.sequence_number or None
-                yield DeviceEvent(action, record, seqnum, received)
+                seqnum = props.get("SEQNUM")
+                yield DeviceEvent(action, record, int(seqnum) if seqnum and seqnum.isdigit() else None, received)

@@ -1,0 +1,150 @@
+"""Uevents straight off the netlink socket: kernel messages and udevd's re-broadcasts.
+
+pyudev's monitor builds a libudev device per message through ctypes, which cost more than
+everything else devplug does with an event. A uevent is a short list of ``KEY=VALUE``
+strings, so this module reads and checks the message itself and hands on a dict; the
+device record is built from it (``records.device_from_uevent``), lazily where it can be.
+Enumeration and parent lookups still go through libudev (pyudev).
+
+The checks are libudev's (``device_monitor_receive_device`` in systemd 252): the sender's
+credentials must be those of root (or our own uid); a message on the kernel group must come
+from the kernel (netlink port 0); a udevd message must carry the ``libudev`` header with its
+magic and a sane properties offset; a kernel message must start with ``ACTION@/DEVPATH``.
+Anything else is ignored. A truncated message is ignored too.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from typing import Optional
+
+NETLINK_KOBJECT_UEVENT = 15
+GROUP_KERNEL = 1
+GROUP_UDEV = 2
+GROUPS = {"kernel": GROUP_KERNEL, "udev": GROUP_UDEV}
+
+#: struct monitor_netlink_header: "libudev\0", magic (big-endian), then native uint32s:
+#: header size, properties offset, properties length, and the filter hashes.
+_PREFIX = b"libudev\0"
+_MAGIC = struct.Struct(">I")
+_OFFSETS = struct.Struct("=III")
+UDEV_MONITOR_MAGIC = 0xFEEDCAFE
+_UCRED = struct.Struct("iII")  # pid, uid, gid
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+#: The kernel's uevent buffer is 2 KiB of environment; udevd's messages are bigger (every
+#: property): 64 KiB leaves room, and MSG_TRUNC tells when even that was not enough.
+_MAX_MESSAGE = 64 * 1024
+
+
+def parse(data: bytes) -> Optional[dict[str, str]]:
+    """The properties of one message (udevd's or the kernel's), None when it is malformed."""
+    if data.startswith(_PREFIX):
+        if len(data) < 40 or _MAGIC.unpack_from(data, 8)[0] != UDEV_MONITOR_MAGIC:
+            return None
+        _size, off, length = _OFFSETS.unpack_from(data, 12)
+        if off + 32 > len(data):
+            return None
+        body = data[off:off + length] if length else data[off:]
+    else:
+        head, sep, body = data.partition(b"\0")
+        if not sep or len(head) < 4 or b"@/" not in head:
+            return None
+    props: dict[str, str] = {}
+    for item in body.split(b"\0"):
+        key, eq, value = item.partition(b"=")
+        if eq and key:
+            props[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+    return props if "DEVPATH" in props else None
+
+
+class UeventSocket:
+    """A non-blocking netlink uevent socket bound to the kernel's or udevd's group."""
+
+    def __init__(self, source: str, receive_buffer: int = 0) -> None:
+        self.group = GROUPS[source]
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
+                             NETLINK_KOBJECT_UEVENT)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            self.buffer_error: Optional[OSError] = None
+            if receive_buffer:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, receive_buffer)
+                except OSError as exc:  # no CAP_NET_ADMIN: as much as net.core.rmem_max allows
+                    self.buffer_error = exc
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            sock.bind((0, self.group))
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._uid = os.geteuid()
+        self._cmsg_size = socket.CMSG_SPACE(_UCRED.size)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    @property
+    def receive_buffer(self) -> int:
+        """The socket's actual receive buffer (the kernel doubles what was asked)."""
+        return self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def receive(self) -> Optional[dict[str, str]]:
+        """The next acceptable message's properties; None when nothing is queued.
+
+        Raises ``OSError(ENOBUFS)`` when the kernel dropped messages (the socket's buffer
+        overflowed); the next call reads on. Unacceptable messages are skipped.
+        """
+        while True:
+            try:
+                data, anc, flags, addr = self._sock.recvmsg(_MAX_MESSAGE, self._cmsg_size)
+            except BlockingIOError:
+                return None
+            except InterruptedError:
+                continue
+            props = self._accept(data, anc, flags, addr)
+            if props is not None:
+                return props
+
+    def _accept(self, data: bytes, anc: list, flags: int, addr: object) -> Optional[dict[str, str]]:
+        if flags & socket.MSG_TRUNC or not data:
+            return None
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            port, groups = addr[0], addr[1]
+            if groups == GROUP_KERNEL and port != 0:
+                return None  # on the kernel's group, only the kernel speaks
+            if groups == 0:
+                return None  # unicast: nobody we trust sends us those
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(payload) >= _UCRED.size:
+                _pid, uid, _gid = _UCRED.unpack_from(payload)
+                if uid not in (0, self._uid):
+                    return None
+                break
+        else:
+            return None  # no credentials: libudev ignores such messages too
+        return parse(data)
+
+    def drain(self, limit: int) -> tuple[int, int]:
+        """Discard what is queued (at most ``limit`` messages): (discarded, overflows seen)."""
+        dropped = overflows = 0
+        while dropped < limit:
+            try:
+                data = self._sock.recv(_MAX_MESSAGE)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                overflows += 1
+                continue
+            if not data:
+                break
+            dropped += 1
+        return dropped, overflows
