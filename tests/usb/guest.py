@@ -219,6 +219,11 @@ class Guest:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def qemu_version(self) -> str:
+        assert self.qmp is not None
+        v = self.qmp.execute("query-version")["qemu"]
+        return f"{v['major']}.{v['minor']}.{v['micro']}"
+
     # -- the agent ----------------------------------------------------------------------------
     def call(self, op: str, *, wait: float = 120.0, **args: Any) -> dict[str, Any]:
         """One request to the agent; returns its reply, raises GuestError on an error reply.
