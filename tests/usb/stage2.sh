@@ -34,7 +34,6 @@ mount -t tmpfs -o mode=1777,nosuid,nodev tmp /tmp
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620 devpts /dev/pts
 mount -t tmpfs -o mode=1777 shm /dev/shm
-mount -t configfs configfs /sys/kernel/config 2>/dev/null
 hostname devplug-usb-guest
 
 log "stage 2 started"
@@ -51,6 +50,8 @@ for m in $(echo "$modules" | tr , ' '); do
     modprobe "$m" || die "modprobe $m failed"
 done
 udevadm settle -t 60
+# configfs (a module here) is where the tests build USB gadgets (CDC-ACM over dummy_hcd).
+modprobe configfs && mount -t configfs configfs /sys/kernel/config || die "configfs mount failed"
 
 port=
 for n in /sys/class/virtio-ports/*; do
