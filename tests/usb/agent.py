@@ -148,7 +148,8 @@ class Agent:
 
     def op_ping(self) -> Reply:
         with open("/proc/uptime") as f:
-            return {"uptime": float(f.read().split()[0]), "python": sys.executable}
+            return {"uptime": float(f.read().split()[0]), "python": sys.executable,
+                    "t_ns": time.perf_counter_ns()}
 
     def op_run(self, argv: list[str], timeout: float = 60, input: Optional[str] = None,
                env: Optional[dict[str, str]] = None) -> Reply:
@@ -299,7 +300,8 @@ class Agent:
         w.wait_for(ok, timeout=max(0.1, t_end - time.monotonic()))
         with w._cond:
             lists = [[list(d) for d in dl.devices] for dl in w.lists]
-        return {"stream": n, "lists": lists}
+            times = [dl.t_ns for dl in w.lists]
+        return {"stream": n, "lists": lists, "t_ns": times}
 
     def op_kubelet_registrations(self) -> Reply:
         return {"registrations": [[r.resource_name, r.endpoint] for r in self.kubelet.registrations]}

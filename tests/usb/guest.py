@@ -54,6 +54,14 @@ class GuestError(Exception):
     """The agent reported an error, or the guest died."""
 
 
+def _die_with_parent() -> None:
+    """In the QEMU child: be killed when the test process dies, even by SIGKILL (no orphan guest)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def unavailable_reason() -> Optional[str]:
     """Why no guest can run here (what to install), or ``None``."""
     if shutil.which(QEMU) is None:
@@ -130,7 +138,8 @@ class Guest:
         t0 = time.monotonic()
         self._qemu_log = open(self.workdir / "qemu.log", "w")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._qemu_log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
         try:
             self.qmp = Qmp(str(self.workdir / "qmp.sock"), timeout=30)
             self._connect_agent(deadline=t0 + timeout)
