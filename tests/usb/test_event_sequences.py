@@ -22,6 +22,9 @@ PLUG_DONE = ({"source": "udev", "action": "add", "subsystem": "tty"},
              {"source": "udev", "action": "bind", "subsystem": "usb-serial"},
              {"source": "udev", "action": "bind", "devtype": "usb_interface"},
              {"source": "udev", "action": "bind", "devtype": "usb_device"})
+UNLOADED = ("/module/ftdi_sio", "/module/usbserial", "/bus/usb/drivers/ftdi_sio",
+            "/bus/usb-serial/drivers/ftdi_sio", "/bus/usb/drivers/usbserial_generic",
+            "/bus/usb-serial/drivers/generic")
 UNPLUG_DONE = ({"source": "udev", "action": "remove", "devtype": "usb_device"},)
 
 
@@ -36,8 +39,11 @@ def test_plug_unplug_replug_and_module_load_sequences(bed: Bed) -> None:
                          "date": time.strftime("%Y-%m-%d"),
                          "device": "QEMU usb-serial (FTDI 0403:6001) on qemu-xhci, serial A10K1ABC"}}
     live: dict[str, dict] = {}
-    # Nothing may hold the serial drivers, so the first plug below loads them.
+    # Nothing may hold the serial drivers, so the first plug below loads them. The unload's
+    # own uevents must be through udevd before the recording starts.
+    mark = bed.mark()
     g.run("modprobe", "-r", "ftdi_sio", "usbserial")
+    bed.wait_events(mark, *({"source": "udev", "action": "remove", "devpath": p} for p in UNLOADED))
     try:
         mark = bed.mark()
         a = g.plug_serial("A10K1ABC", port=1)
