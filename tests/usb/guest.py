@@ -5,8 +5,10 @@ runs on have no usable KVM) booting Debian's kernel (:mod:`tests.usb.image`) wit
 
 - the host's ``/`` as the guest's root (9p, read-only, tmpfs overlay; ``init.sh``,
   ``stage2.sh``), so the guest runs this very checkout and its venv;
-- a per-guest host directory shared as ``/xfer`` (9p, ``cache=none``): files either side
-  writes during the run are seen by the other at once;
+- a per-guest host directory (:attr:`Guest.xfer`) shared as ``/xfer`` (9p, ``cache=none``):
+  the root is mounted ``cache=loose`` (imports are several times faster), so a file the host
+  rewrites during a run may not be seen there; files exchanged while the guest runs go
+  through ``/xfer``, which both sides see at once;
 - an xHCI controller (``xhci``) with 8 USB 2 and 8 USB 3 ports, on which QMP plugs
   ``usb-serial`` (FTDI 0403:6001), ``usb-storage`` and ``usb-kbd`` devices at run time;
 - a virtio-serial port ``devplug.agent`` where ``agent.py`` answers JSON requests.
@@ -104,7 +106,9 @@ class Guest:
         self.boot_seconds: Optional[float] = None
         self.pycache = warm_bytecode(python, REPO)
         cmdline = " ".join([
-            "console=ttyS0", "panic=-1", "modprobe.blacklist=" + ",".join(BLACKLIST), "loglevel=4", "quiet", "rdinit=/init",
+            # The guest's own serial port is its console (the host's is never opened).
+            "console=ttyS0", "loglevel=4", "quiet", "printk.time=1", "panic=-1", "rdinit=/init",
+            "modprobe.blacklist=" + ",".join(BLACKLIST),
             f"devplug.stage2={REPO}/tests/usb/stage2.sh", f"devplug.repo={REPO}",
             f"devplug.python={python}", f"devplug.pycache={self.pycache}",
             f"devplug.modules={','.join(preload)}",
@@ -115,7 +119,7 @@ class Guest:
         self.argv = [
             QEMU, "-accel", "tcg", "-M", "q35", "-m", str(memory_mb), "-smp", "1",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-kernel", str(self.image.vmlinux), "-initrd", str(self.image.initramfs), "-append", cmdline + " printk.time=1",
+            "-kernel", str(self.image.vmlinux), "-initrd", str(self.image.initramfs), "-append", cmdline,
             "-serial", f"file:{self.console}",
             "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
             "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
