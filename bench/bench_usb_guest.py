@@ -35,7 +35,7 @@ for _p in (str(ROOT / "src"), str(ROOT), str(ROOT / "bench")):
         sys.path.insert(0, _p)
 
 from benchlib import emit, machine  # noqa: E402
-from tests.usb.guest import Guest, unavailable_reason  # noqa: E402
+from tests.usb.guest import Guest, GuestError, unavailable_reason  # noqa: E402
 
 FTDI = "devplug.io/ftdi-serial"
 SERIAL = "BENCH0001"
@@ -84,6 +84,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p90": float("nan"), "max": float("nan")}
     return {"p50": round(statistics.median(values), 3), "p90": round(pct(values, 0.9), 3),
             "max": round(max(values), 3)}
 
@@ -109,6 +111,8 @@ def run_source(guest: Guest, source: str, cycles: int, without_udevd: bool = Fal
     seen_lists = len(guest.call("kubelet_wait", resource=FTDI, timeout=240, wait=300)["lists"])
     offset, uncertainty = clock_offset(guest)
     samples: list[tuple[str, int, int]] = []  # (health wanted, origin in guest ns, list received ns)
+    missed: list[dict[str, Any]] = []  # a change kubelet never saw (within 60 s)
+    foreign: set[str] = set()  # IDs other than the adapter's that showed up in its resource
     try:
         for i in range(cycles):
             for want in ("Healthy", "Unhealthy"):
@@ -117,10 +121,20 @@ def run_source(guest: Guest, source: str, cycles: int, without_udevd: bool = Fal
                     plugged = guest.plug_serial(SERIAL, port=1 + i % 2)
                 else:
                     guest.unplug(plugged)
-                r = guest.call("kubelet_wait", resource=FTDI, want={DEV_ID: want}, timeout=120, wait=180)
+                try:
+                    r = guest.call("kubelet_wait", resource=FTDI, want={DEV_ID: want}, subset=True,
+                                   timeout=60, wait=120)
+                except GuestError as exc:
+                    missed.append({"cycle": i, "want": want, "error": str(exc)[-300:]})
+                    continue
+                foreign.update(i for lst in r["lists"] for i, _h in lst if i != DEV_ID)
                 # The first list since the command that shows the change (not a later one).
-                k = next(k for k in range(seen_lists, len(r["lists"])) if dict(r["lists"][k]).get(DEV_ID) == want)
+                k = next((k for k in range(seen_lists, len(r["lists"]))
+                          if dict(r["lists"][k]).get(DEV_ID) == want), None)
                 seen_lists = len(r["lists"])
+                if k is None:
+                    missed.append({"cycle": i, "want": want, "error": "no new list with the change"})
+                    continue
                 samples.append((want, t_host + offset, r["t_ns"][k]))
     finally:
         guest.unplug_all()
@@ -133,7 +147,7 @@ def run_source(guest: Guest, source: str, cycles: int, without_udevd: bool = Fal
                                                   if line.count(" ") == 3)]
     result: dict[str, Any] = {"source": source, "udevd": not without_udevd, "cycles": cycles,
                               "clock_uncertainty_ms": round(uncertainty / 1e6, 3),
-                              "devplug_exit": end["rc"]}
+                              "devplug_exit": end["rc"], "missed": missed, "foreign_ids": sorted(foreign)}
     for want, action in (("Healthy", "add"), ("Unhealthy", "remove")):
         dp_ms, floor_ms, ratios = [], [], []
         for k, (w, origin, t_list) in enumerate(samples):
@@ -173,15 +187,19 @@ def main() -> None:
     report = {"benchmark": "usb_guest_hotplug", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": machine(), "loadavg_start": load, "guest_boot_s": round(boot or 0, 1),
               "wall_s": round(time.monotonic() - t0, 1), "results": results}
-    lines = [f"{'source':<7} {'step':<7} {'n':>3} {'ratio p50':>9} {'ratio p90':>9} {'ratio max':>9} "
+    lines = [f"{'source':<8} {'step':<7} {'n':>3} {'missed':>6} {'ratio p50':>9} {'ratio p90':>9} {'ratio max':>9} "
              f"{'after floor p50 ms':>18}"]
     for r in results:
         for step in ("plug", "unplug"):
             x = r[step]
             label = r["source"] + ("" if r["udevd"] else "*")
-            lines.append(f"{label:<7} {step:<7} {x['samples']:>3} {x['ratio']['p50']:>9} "
+            n_missed = sum(1 for m in r["missed"] if (m["want"] == "Healthy") == (step == "plug"))
+            lines.append(f"{label:<8} {step:<7} {x['samples']:>3} {n_missed:>6} {x['ratio']['p50']:>9} "
                          f"{x['ratio']['p90']:>9} {x['ratio']['max']:>9} "
                          f"{x['devplug_after_floor_ms']['p50']:>18}")
+    for r in results:
+        if r["foreign_ids"]:
+            lines.append(f"{r['source']}: IDs other than {DEV_ID} listed: {', '.join(r['foreign_ids'])}")
     if args.kernel_without_udevd:
         lines.append("(* udevd stopped in the guest for that run)")
     lines.append("(ratio: (kubelet got the list − QMP command) / (bare pyudev monitor got the tty uevent − "
