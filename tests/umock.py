@@ -10,10 +10,16 @@ as real ones: enumeration, sysfs attributes, ``/dev`` nodes, and ``add``/``remov
 a udev netlink monitor.
 
 What umockdev (0.17) does and does not do: adding a device sends its ``add`` uevent (with
-the properties given, plus ``SEQNUM``); removing one sends nothing. So devices are added
-parent first, and removed child first: delete the node, send ``remove``, then
-``remove_device``. There is no udevd: no ``ID_*`` properties or symlinks unless a record
-sets them.
+the properties given, plus ``SEQNUM``); removing one sends nothing; any other action is sent
+with :meth:`MockBed.uevent`. There is no udevd: no ``ID_*`` properties or symlinks unless a
+record sets them.
+
+The FTDI adapter is plugged and unplugged in the order a real one produces, as recorded in
+the USB guest (``tests/usb/fixtures/plug.json`` and ``unplug.json``, udev's re-broadcast):
+``add`` usb device, ``change`` usb device, ``add`` interface, port, tty, then ``bind`` port,
+interface, usb device; and on unplug ``remove`` tty, ``unbind``/``remove`` port, interface,
+usb device. Other gadgets are added parent first and removed child first (delete the node,
+send ``remove``, then ``remove_device``).
 
 Usage::
 
@@ -29,6 +35,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
 from typing import Any, Optional
@@ -42,6 +49,18 @@ PRELOAD_CANDIDATES = (
     "/usr/lib/libumockdev-preload.so.0",
 )
 PCI_HOST = "/devices/pci0000:00/0000:00:14.0"
+FIXTURES = Path(__file__).resolve().parent / "usb" / "fixtures"
+
+
+def recorded_order(step: str) -> list[tuple[str, str]]:
+    """(action, role) of a real FTDI adapter's uevents, as udevd re-broadcast them.
+
+    Roles: ``usb_device``, ``interface``, ``port`` (usb-serial), ``tty``. Recorded in the QEMU
+    USB guest by ``tests/usb/test_event_sequences.py``; module and driver events are left out.
+    """
+    doc = json.loads((FIXTURES / f"{step}.json").read_text())
+    roles = ("usb_device", "interface", "port", "tty")
+    return [(e["action"], e["role"]) for e in doc["udev"] if e["role"] in roles]
 
 
 def preload_library() -> Optional[str]:
@@ -155,6 +174,8 @@ class Plugged:
     """A plugged mock gadget: its devices, parents first."""
 
     devices: tuple[MockDevice, ...]
+    # role -> device, for gadgets replayed in a recorded order (see recorded_order)
+    roles: Optional[dict[str, MockDevice]] = None
 
     @property
     def usb(self) -> MockDevice:
@@ -275,7 +296,15 @@ def plug_ftdi(bed: MockBed, *, tty: str = "ttyUSB0", port: str = "1-1", devnum: 
         tty_path, subsystem="tty",
         props={"DEVNAME": f"/dev/{tty}", "MAJOR": "188", "MINOR": str(minor)},
         attrs_={"dev": f"188:{minor}"}, node=tty))
-    return _plug(bed, [usb, iface, serial_port, tty_dev])
+    parts = {"usb_device": usb, "interface": iface, "port": serial_port, "tty": tty_dev}
+    for action, role in recorded_order("plug"):
+        dev, record = parts[role]
+        if action == "add":
+            bed.add(record)  # sends the add uevent
+        else:
+            bed.uevent(dev.devpath, action)
+    return Plugged(tuple(parts[r][0] for r in ("usb_device", "interface", "port", "tty")),
+                   roles={r: d for r, (d, _rec) in parts.items()})
 
 
 def plug_uvc_camera(bed: MockBed, *, port: str = "1-3", devnum: int = 4,
@@ -309,12 +338,28 @@ def set_property(bed: MockBed, dev: MockDevice, key: str, value: bytes) -> None:
 
 
 def unplug(bed: MockBed, plugged: Plugged) -> None:
-    """Remove a gadget as the kernel would: children first, each node gone, then ``remove``."""
+    """Remove a gadget as the kernel would: children first, each node gone, then ``remove``.
+
+    A gadget with roles (the FTDI adapter) follows the recorded unplug order, ``unbind``
+    events included.
+    """
+    if plugged.roles is not None:
+        for action, role in recorded_order("unplug"):
+            dev = plugged.roles[role]
+            if action == "remove":
+                _remove(bed, dev)
+            else:
+                bed.uevent(dev.devpath, action)
+        return
     for dev in reversed(plugged.devices):
-        if dev.devnode:
-            bed.unlink_node(dev.devnode)
-        bed.uevent(dev.devpath, "remove")
-        bed.remove_device(dev.devpath)
+        _remove(bed, dev)
+
+
+def _remove(bed: MockBed, dev: MockDevice) -> None:
+    if dev.devnode:
+        bed.unlink_node(dev.devnode)
+    bed.uevent(dev.devpath, "remove")
+    bed.remove_device(dev.devpath)
 
 
 # -- the server side (runs under LD_PRELOAD) --------------------------------------------

@@ -125,10 +125,13 @@ def watcher(bed):
 
 def test_ftdi_plug_unplug_replug(bed, watcher):
     events = watcher("usb", "usb-serial", "tty")
+    plug_order = umock.recorded_order("plug")  # as a real adapter does it (tests/usb/fixtures)
     adapter = umock.plug_ftdi(bed, tty="ttyUSB0", port="1-1", devnum=2)
-    # parents first (with the root hub on the first plug of this testbed), the node last
-    added = events.until(action="add", subsystem="tty")
-    assert [e["kernel"] for e in added][-4:] == ["1-1", "1-1:1.0", "ttyUSB0", "ttyUSB0"]
+    # parents first (with the root hub on the first plug of this testbed), the binds last
+    added = events.until(action="bind", devtype="usb_device", kernel="1-1")
+    names = {"usb_device": "1-1", "interface": "1-1:1.0", "port": "ttyUSB0", "tty": "ttyUSB0"}
+    assert [(e["action"], e["kernel"]) for e in added][-len(plug_order):] == [
+        (action, names[role]) for action, role in plug_order]
     by_kernel = {e["kernel"]: e for e in added if e["action"] == "add"}
     tty = next(e for e in added if e["subsystem"] == "tty")
     assert tty["devnode"] == "/dev/ttyUSB0" and tty["node_exists"]
@@ -137,14 +140,16 @@ def test_ftdi_plug_unplug_replug(bed, watcher):
     assert by_kernel["1-1"]["devtype"] == "usb_device" and by_kernel["1-1"]["driver"] == "usb"
 
     umock.unplug(bed, adapter)
-    removed = events.take(4)
-    assert [e["action"] for e in removed] == ["remove"] * 4
-    assert [e["subsystem"] for e in removed] == ["tty", "usb-serial", "usb", "usb"]
+    unplug_order = umock.recorded_order("unplug")
+    removed = events.take(len(unplug_order))
+    assert [(e["action"], e["kernel"]) for e in removed] == [
+        (action, names[role]) for action, role in unplug_order]
+    assert [e["subsystem"] for e in removed if e["action"] == "remove"] == ["tty", "usb-serial", "usb", "usb"]
     assert removed[0]["devnode"] == "/dev/ttyUSB0" and not removed[0]["node_exists"]
 
     umock.plug_ftdi(bed, tty="ttyUSB1", port="1-2", devnum=3)
-    replugged = events.take(4)
-    tty = replugged[-1]
+    replugged = events.take(len(plug_order))
+    tty = next(e for e in replugged if e["subsystem"] == "tty")
     assert tty["action"] == "add" and tty["devnode"] == "/dev/ttyUSB1" and tty["node_exists"]
     assert tty["usb"]["serial"] == "A10K1ABC"  # the same adapter, a new node
 

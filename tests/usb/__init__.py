@@ -1,0 +1,1 @@
+"""Real USB hot-plug: a QEMU guest with the real kernel USB stack (see guest.py, README)."""
