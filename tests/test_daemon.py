@@ -24,7 +24,7 @@ from devplug.core.device import Device, static_attrs
 from devplug.daemon import Daemon
 from devplug.ops import metrics
 from devplug.sources.rulefiles import read_rules
-from devplug.sources.udev import DeviceEvent, Resync
+from devplug.sources.udev import DeviceEvent, Drained, Resync
 
 R = "devplug.io/ftdi-serial"
 RULES = 'SUBSYSTEM=="tty", ATTRS{idVendor}=="0403", RESOURCE="ftdi-serial"\n'
@@ -61,6 +61,8 @@ class FakeSource:
     async def events(self) -> AsyncIterator:
         async for item in self._recv:
             yield item
+            if self._recv.statistics().current_buffer_used == 0:
+                yield Drained()  # as the udev source does once its socket is empty
 
     def plug(self, dev: Device) -> None:
         self.devices.append(dev)

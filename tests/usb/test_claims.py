@@ -105,7 +105,7 @@ def test_storage_and_keyboard_stay_unclaimed(bed: Bed) -> None:
     out = g.run(sys.executable, "-m", "devplug", "rules", "test", "--json", *nodes, timeout=180)["stdout"]
     results = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert [r["devnode"] for r in results] == nodes
-    assert all(r["resource"] in (None, "") and r["matched"] == [] for r in results), results
+    assert all(r["claim"]["resource"] in (None, "") and r["claim"]["matched"] == [] for r in results), results
 
     for p in (stick, kbd, ftdi):
         g.unplug(p)

@@ -9,20 +9,17 @@ What the kernel source sees at ``add`` time (observed here, see fixtures/plug.js
 kernel's ``add`` of ``ttyUSB0`` reaches devplug before udevd has run its rules for it; udevd's
 own copy of that ``add``, carrying ``DEVLINKS`` (the by-id and by-path links), comes after
 the kernel's whole burst (add, change, add, add, add, bind, bind, bind). devplug's kernel
-source reads udev's database when the kernel event arrives: the tty's entry is usually not
-written yet (in one run of four it was: a race), so the entry gets no symlinks, and the tty
-gets no later kernel event (ttys have no driver, so no ``bind``). So with ``--udev-source
-kernel`` a hot-plugged adapter's Allocate usually returns the node but not
-``/dev/serial/by-*``, even long after udevd created them; a restart (coldplug reads udev's
-full view) brings them. The scenario below asserts the links only where they are
-guaranteed; ``test_kernel_source_allocate_has_udev_links`` states the behaviour wanted and
-is expected to fail until devplug looks the links up again (at Allocate, or when udevd's
-database entry appears).
+source reads udev's database when the kernel event arrives, when the tty's entry is usually
+not written yet, and the tty gets no later kernel event (ttys have no driver, so no
+``bind``). So the kernel source watches udev's database directory and, when udevd writes the
+entry of a device it reported, repeats that device's last event with udevd's view:
+``test_kernel_source_allocate_has_udev_links`` checks Allocate then returns the links.
 """
 
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -134,10 +131,6 @@ def test_ftdi_plug_allocate_unplug_replug_restart(bed: Bed, source: str) -> None
     assert "Traceback" not in r["log"] and "level=error" not in r["log"], r["log"][-3000:]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "devplug's kernel source keeps the symlinks it read from udev's database when the "
-    "kernel's add arrived (before udevd wrote them) and never reads them again for a "
-    "hot-plugged tty; Allocate should return udevd's by-id/by-path links once they exist"))
 def test_kernel_source_allocate_has_udev_links(bed: Bed) -> None:
     g = bed.guest
     dp = bed.start_devplug("kernel")
@@ -147,6 +140,12 @@ def test_kernel_source_allocate_has_udev_links(bed: Bed) -> None:
         bed.wait(FTDI, {ID_A: "Healthy"})
         g.run("udevadm", "settle", "-t", "60")
         assert g.run("readlink", "-f", by_id(SERIAL_A))["stdout"].strip() == "/dev/ttyUSB0"
+        # The kernel's add came before udevd wrote the links; devplug sees udevd's database
+        # write (inotify) and repeats the add with them. Wait for that, not for time.
+        deadline = time.monotonic() + 60
+        while not any(by_id(SERIAL_A) in d["symlinks"] for d in bed.inventory()["devices"] if d["id"] == ID_A):
+            assert time.monotonic() < deadline, bed.inventory()
+            time.sleep(0.2)
         paths = allocated_paths(bed.allocate(FTDI, [ID_A]))
         assert ("/dev/ttyUSB0", by_id(SERIAL_A)) in paths
         by_path(paths, "/dev/ttyUSB0", 2)
@@ -156,17 +155,7 @@ def test_kernel_source_allocate_has_udev_links(bed: Bed) -> None:
         assert bed.stop_devplug(dp)["rc"] == 0
 
 
-SAME_PORT_BUG = (
-    "devplug bug (kernel source): records.parent_devpath caches a directory without a uevent "
-    "file as kernel glue forever (_GLUE), but device_del() removes a device's uevent file "
-    "before its directory, so a remove handled mid-teardown records real devices "
-    "(.../1-1/1-1:1.0, .../ttyUSB0, sometimes .../usb1/1-1) as glue; the next adapter in "
-    "that port then gets a parent chain without them: not offered, or offered under the root "
-    "hub's ID 1d6b-0002-0000_00_04.0-if00. Timing-dependent: fails in some runs")
-
-
-@pytest.mark.parametrize("source", ["udev", pytest.param("kernel", marks=pytest.mark.xfail(
-    strict=False, reason=SAME_PORT_BUG))])
+@pytest.mark.parametrize("source", ["udev", "kernel"])
 def test_replug_into_the_same_port(bed: Bed, source: str) -> None:
     """The common case on a real node: the dongle comes back into the port it left."""
     g = bed.guest

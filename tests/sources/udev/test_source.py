@@ -211,3 +211,48 @@ def test_events_wait_on_the_fd_without_busy_looping(udevd, netlink):
         return time.process_time() - cpu
 
     assert trio.run(main) < 0.05
+
+
+def test_kernel_source_repeats_an_event_once_udevd_writes_the_database(netlink, tmp_path):
+    """udevd writes a device's database entry after the kernel's event; the kernel source
+    repeats the device's last event with that entry merged in (origin "udev-db")."""
+    from devplug.sources.udev import Drained
+
+    db_dir = tmp_path / "data"
+    db_dir.mkdir()
+    src = UdevSource(source="kernel", subsystems=frozenset({"tty"}), db_dir=str(db_dir))
+    src.open()
+    try:
+        def write_db(got: list[Item]) -> None:
+            if len(got) == 1:  # after the kernel's add: udevd's rename into place
+                tmp = db_dir / ".tmp-c4:20"
+                tmp.write_text("S:serial/by-id/usb-devplug-test\nE:ID_SERIAL=devplug-test\n")
+                os.rename(tmp, db_dir / "c4:20")
+
+        def wanted(item: Item) -> bool:
+            return isinstance(item, DeviceEvent) and item.device.sysname == "tty20"
+
+        async def poke_then_collect() -> list[Item]:
+            got: list[Item] = []
+            drained = 0
+            with trio.fail_after(10):
+                tty_uevent(20, "add")
+                async for item in src.events():
+                    if isinstance(item, Drained):
+                        drained += 1
+                        if len(got) == 2:
+                            break  # the consumer learns when the socket was emptied
+                    elif wanted(item):
+                        got.append(item)
+                        write_db(got)
+            assert drained >= 1
+            return got
+
+        first, again = trio.run(poke_then_collect)
+    finally:
+        src.close()
+    assert (first.action, first.origin) == ("add", "uevent") and first.device.symlinks == ()
+    assert (again.action, again.origin) == ("add", "udev-db")
+    assert again.device.symlinks == ("/dev/serial/by-id/usb-devplug-test",)
+    assert again.device.properties["ID_SERIAL"] == "devplug-test"
+    assert again.device.properties["SUBSYSTEM"] == "tty" and again.device.devnode == "/dev/tty20"

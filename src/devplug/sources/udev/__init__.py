@@ -11,10 +11,11 @@
 
 from .lookup import DeviceNotFound, find_device, sysattr_names
 from .records import device_from_pyudev, list_devices, read_sysattr, sysattr_reader
-from .source import DeviceEvent, Resync, SourceItem, UdevSource, resolve_source, udevd_reachable
+from .source import Drained, DeviceEvent, Resync, SourceItem, UdevSource, resolve_source, udevd_reachable
 
 __all__ = [
     "DeviceEvent",
+    "Drained",
     "DeviceNotFound",
     "Resync",
     "SourceItem",

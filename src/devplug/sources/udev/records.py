@@ -272,6 +272,11 @@ def device_from_uevent(props: dict[str, str], *, context: pyudev.Context, sys_ro
             parent = device_from_pyudev(pdev, sys_root=sys_root, parent_cache=parent_cache)
         except (OSError, pyudev.DeviceNotFoundError):  # gone meanwhile
             parent = None
+        if parent is not None and parent.subsystem is None:
+            # Its uevent file went between the lookup and the read: a device being removed.
+            # Half a chain (attributes without a subsystem) would let rules match it under
+            # another device's identity; the device itself is going away with it.
+            return None
         if parent_cache is not None:
             parent_cache.put(sys_root + parent_path, ino, parent)
         return parent

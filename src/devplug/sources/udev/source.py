@@ -41,6 +41,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import socket
 import struct
 import time
@@ -55,6 +56,7 @@ from ...config import NETLINK_BUFFER
 from ...core.device import Device
 from ...lib.logs import kv
 from . import db
+from .dbwatch import DbWatch
 from .netlink import UeventSocket
 from .records import ParentCache, device_from_uevent, list_devices
 
@@ -69,12 +71,23 @@ _DISCARD_LIMIT = 100_000
 
 @attrs.frozen
 class DeviceEvent:
-    """One uevent: ``action`` is add/remove/change/bind/unbind/move/online/offline."""
+    """One uevent: ``action`` is add/remove/change/bind/unbind/move/online/offline.
+
+    ``origin`` is ``"uevent"``, or ``"udev-db"`` for the kernel source's repeat of a
+    device's last event once udevd wrote its database entry (see ``dbwatch``).
+    """
 
     action: str
     device: Device
     seqnum: Optional[int]
     received_ns: int  # time.perf_counter_ns() right after the message was received
+    origin: str = "uevent"
+
+
+@attrs.frozen
+class Drained:
+    """Every queued message was read: the consumer may let others run now (its streams
+    write), then do what can wait (logs, counters) before the source waits again."""
 
 
 @attrs.frozen
@@ -85,7 +98,7 @@ class Resync:
     reason: str  # "coldplug" or "overflow"
 
 
-SourceItem = Union[DeviceEvent, Resync]
+SourceItem = Union[DeviceEvent, Resync, Drained]
 
 
 def udevd_reachable(control: str = CONTROL_SOCKET) -> bool:
@@ -201,6 +214,8 @@ class UdevSource:
         self.overflows = 0
         self._parent_cache = ParentCache()
         self._socket: Optional[UeventSocket] = None
+        self._dbwatch: Optional[DbWatch] = None
+        self._poll: Optional[select.epoll] = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -213,8 +228,30 @@ class UdevSource:
             log.warning("cannot enlarge the netlink receive buffer past net.core.rmem_max", extra=kv(
                 error=sock.buffer_error.strerror, asked=self.receive_buffer, got=sock.receive_buffer))
         self._socket = sock
+        if self.source_kind == "kernel" and DbWatch.available(self.db_dir):
+            watch = DbWatch(self.db_dir)
+            try:
+                watch.open()
+            except OSError as exc:
+                log.warning("cannot watch udev's database: by-id links of hot-plugged devices "
+                            "appear only after a restart", extra=kv(dir=self.db_dir, error=exc.strerror))
+            else:
+                # One descriptor for trio to wait on: readable when either is.
+                self._poll = select.epoll()
+                self._poll.register(sock.fileno(), select.EPOLLIN)
+                self._poll.register(watch.fileno(), select.EPOLLIN)
+                self._dbwatch = watch
 
     def close(self) -> None:
+        watch, self._dbwatch = self._dbwatch, None
+        poll, self._poll = self._poll, None
+        for closing in (poll, watch):
+            if closing is not None:
+                try:
+                    trio.lowlevel.notify_closing(closing.fileno())
+                except RuntimeError:
+                    pass
+                closing.close()
         sock, self._socket = self._socket, None
         if sock is not None:
             try:
@@ -270,10 +307,13 @@ class UdevSource:
         if coldplug:
             yield Resync(await trio.to_thread.run_sync(self.enumerate), "coldplug")
         sock = self._require()
-        fd = sock.fileno()
+        fd = self._poll.fileno() if self._poll is not None else sock.fileno()
         wanted = self.subsystems
+        watch = self._dbwatch
+        drained = Drained()
         while True:
             await trio.lowlevel.wait_readable(fd)
+            yielded = False
             while True:
                 try:
                     props = sock.receive()
@@ -288,15 +328,29 @@ class UdevSource:
                     yield Resync(await trio.to_thread.run_sync(self.enumerate), "overflow")
                     continue
                 if props is None:
+                    # udevd's database writes after the kernel's events read so far: a device
+                    # removed meanwhile is no longer remembered, and one whose directory is
+                    # going away is not repeated (its remove is on the way).
+                    if watch is not None:
+                        for action, again in watch.changed():
+                            if os.path.exists(self.context.sys_path + again["DEVPATH"] + "/uevent"):
+                                yielded = True
+                                yield DeviceEvent(action, self._record(again, action), None,
+                                                  time.perf_counter_ns(), origin="udev-db")
+                    if yielded:
+                        yield drained
                     break
                 received = time.perf_counter_ns()
                 if wanted is not None and props.get("SUBSYSTEM") not in wanted:
                     continue
                 action = props.get("ACTION") or "change"
                 try:
-                    record = self._record(props, action)
+                    record = self._record(dict(props) if watch is not None else props, action)
                 except OSError as exc:
                     log.debug("dropping event for a device we cannot read", extra=kv(error=str(exc)))
                     continue
+                if watch is not None:
+                    watch.seen(action, record, props, action not in _ABSENT)
+                yielded = True
                 seqnum = props.get("SEQNUM")
                 yield DeviceEvent(action, record, int(seqnum) if seqnum and seqnum.isdigit() else None, received)

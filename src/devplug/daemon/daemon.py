@@ -1,4 +1,4 @@
-"""``devplug run``: wires sources → core → front doors in one trio nursery.
+"""The daemon: wires sources → core → front doors in one trio nursery.
 
 Order matters at start: the netlink monitor opens *before* coldplug enumerates, so a
 device plugged in between is seen by the event stream (and folding it twice is a no-op);
@@ -11,29 +11,26 @@ the nursery; every adapter removes what it created on the way out.
 from __future__ import annotations
 
 import logging
-import resource
-import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Optional, Protocol
 
 import trio
 
-from .config import Config
-from .core.claims import Pipeline
-from .core.device import Device, PathMode
-from .core.inventory import Change, Inventory
-from .core.view import PublishedView
-from .core.rules import RulesError, RuleSet
-from .kubelet import KubeletAdapter
-from .kubelet.collector import Collector
-from .kubelet.podresources import Holders, PodResources
-from .lib import aio
-from .lib.logs import kv
-from .ops import debug
-from .ops.cdi import CdiPublisher, CdiWriter
-from .ops.telemetry import Telemetry
-from .sources import hostpath, rulefiles, system
-from .sources.udev import DeviceEvent, Resync, SourceItem, UdevSource, find_device, resolve_source
+from ..config import Config
+from ..core.claims import Pipeline
+from ..core.device import Device, PathMode
+from ..core.inventory import Change, Inventory
+from ..core.view import PublishedView
+from ..core.rules import RulesError, RuleSet
+from ..kubelet import KubeletAdapter
+from ..kubelet.collector import Collector
+from ..kubelet.podresources import Holders, PodResources
+from ..lib.logs import kv
+from ..ops import debug
+from ..ops.cdi import CdiPublisher, CdiWriter
+from ..ops.telemetry import Telemetry
+from ..sources import hostpath, rulefiles, system
+from ..sources.udev import DeviceEvent, Drained, Resync, SourceItem, UdevSource, find_device, resolve_source
 
 log = logging.getLogger("devplug")
 
@@ -209,21 +206,38 @@ class Daemon:
             done.set()
 
     async def _consume_events(self) -> None:
+        """Fold events in as they are read. Nothing checkpoints between the events of one
+        wake-up, so a burst reaches each stream as one message with the final state; once
+        the queue is drained the streams write first, and only then is the batch logged and
+        counted (off the path from uevent to kubelet)."""
         assert self.source is not None
+        done: list[tuple[DeviceEvent, Change]] = []
         async for item in self.source.events():
             if isinstance(item, DeviceEvent):
                 change = self.pipeline.handle(item.device, item.action)
                 self.publish(change)
-                if change:
-                    # No checkpoint between events: a burst drained in one wake-up reaches
-                    # each stream as one message with the final state.
-                    self._log_change(change, item.action, item.device.syspath)
-                d = item.device
-                self.telemetry.on_event(item.action, d.subsystem, d.devpath, item.seqnum, item.received_ns, change)
+                done.append((item, change))
+            elif isinstance(item, Drained):
+                if done:
+                    await trio.lowlevel.checkpoint()  # the woken streams write now
+                    self._account(done)
+                    done = []
             elif isinstance(item, Resync):  # the source has logged why
+                if done:
+                    self._account(done)
+                    done = []
                 if item.reason == "overflow":
                     self.telemetry.on_overflow()
                 await self._resync(item.reason, item.devices)
+
+    def _account(self, done: list[tuple[DeviceEvent, Change]]) -> None:
+        for item, change in done:
+            d = item.device
+            if change:
+                self._log_change(change, item.action if item.origin == "uevent" else f"{item.action} ({item.origin})",
+                                 d.syspath)
+            if item.origin == "uevent":
+                self.telemetry.on_event(item.action, d.subsystem, d.devpath, item.seqnum, item.received_ns, change)
 
     def _log_change(self, change: Change, action: str, syspath: str) -> None:
         """One line per ID whose state changed (logged after kubelet was told)."""
@@ -324,68 +338,3 @@ class Daemon:
         self.source.open()
         assert self._nursery is not None
         await self._nursery.start(self._consume)
-
-
-async def serve(config: Config, ruleset: RuleSet, **daemon_kw) -> None:
-    """Run a daemon until SIGTERM or SIGINT."""
-    async with aio.open_loop():
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(Daemon(config, ruleset, **daemon_kw).run)
-
-                async def stop_on_signal() -> None:
-                    async for signum in signals:
-                        log.info("stopping", extra=kv(signal=signal.Signals(signum).name))
-                        nursery.cancel_scope.cancel()
-                        return
-
-                nursery.start_soon(stop_on_signal)
-    log.info("stopped")
-
-
-def _leaves(group: BaseExceptionGroup) -> list[OSError]:
-    out: list[OSError] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            out += _leaves(exc)
-        elif isinstance(exc, OSError):
-            out.append(exc)
-    return out
-
-
-def _raise_fd_limit() -> None:
-    """Use the hard descriptor limit, as Go programs (kubelet) do: the soft one is often
-    1,024, and the HTTP listeners size their connection caps from it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        except (ValueError, OSError):
-            return
-
-
-def main(config: Config) -> int:
-    """Load the rules and run; user-fixable problems end in one line and a non-zero exit."""
-    _raise_fd_limit()
-    try:
-        ruleset = rulefiles.read_rules(config.rules_paths, max_bytes=config.max_rules_bytes)
-    except RulesError as exc:
-        for err in exc.errors:
-            log.error("rules invalid", extra=kv(error=str(err)))
-        log.error("rules invalid, not starting", extra=kv(errors=len(exc.errors)))
-        return 2
-    except OSError as exc:
-        log.error("cannot read rules", extra=kv(path=exc.filename, error=exc.strerror))
-        return 2
-    failed: list[OSError] = []
-    try:
-        try:
-            trio.run(serve, config, ruleset)
-        except* OSError as group:  # a socket path taken, a directory busy or not writable
-            failed.extend(_leaves(group))
-    except KeyboardInterrupt:
-        pass
-    for exc in failed:
-        log.error("cannot run", extra=kv(path=exc.filename, error=exc.strerror or str(exc)))
-    return 1 if failed else 0

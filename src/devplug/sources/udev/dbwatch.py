@@ -1,0 +1,74 @@
+"""udevd's database entries written after the kernel's event (the kernel source).
+
+The kernel's uevent reaches devplug before udevd has run its rules; udevd writes the
+device's database entry (its ``by-id``/``by-path`` symlinks, ``ID_*`` properties, tags) a
+moment later and sends nothing on the kernel's netlink group. So for each present device of
+the wanted subsystems the source remembers the last event it reported, and when udevd
+writes that device's database file (a rename into ``/run/udev/data``: inotify
+``MOVED_TO``), the source reports the same event again with udevd's view merged in. The
+inventory then holds the links Allocate hands out, as with the udev source.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Optional
+
+from ...core.device import Device
+from ...lib.inotify import Inotify, Mask
+from . import db
+
+#: Remembered devices at most (the wanted subsystems' present devices; oldest go first).
+LIMIT = 4096
+
+
+class DbWatch:
+    def __init__(self, db_dir: str, limit: int = LIMIT) -> None:
+        self.db_dir = db_dir
+        self._limit = limit
+        self._ino: Optional[Inotify] = None
+        self._last: dict[str, tuple[str, dict[str, str]]] = {}  # db file name -> (action, props)
+
+    @staticmethod
+    def available(db_dir: str) -> bool:
+        return os.path.isdir(db_dir)
+
+    def open(self) -> None:
+        ino = Inotify()
+        try:
+            ino.add_watch(self.db_dir, Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.ONLYDIR)
+        except OSError:
+            ino.close()
+            raise
+        self._ino = ino
+
+    def close(self) -> None:
+        ino, self._ino = self._ino, None
+        if ino is not None:
+            ino.close()
+
+    def fileno(self) -> int:
+        assert self._ino is not None
+        return self._ino.fileno()
+
+    def seen(self, action: str, record: Device, props: dict[str, str], present: bool) -> None:
+        """The source reported this event; a later database write for it repeats it."""
+        name = db.db_id(record)
+        if name is None:
+            return
+        self._last.pop(name, None)
+        if present:
+            self._last[name] = (action, props)
+            while len(self._last) > self._limit:
+                del self._last[next(iter(self._last))]
+
+    def changed(self) -> Iterator[tuple[str, dict[str, str]]]:
+        """(action, a copy of its properties) of each remembered device whose database file
+        udevd wrote since the last call (each once)."""
+        assert self._ino is not None
+        names = {ev.name for ev in self._ino.read_events() if ev.name and not ev.name.startswith(".")}
+        for name in sorted(names):
+            last = self._last.get(name)
+            if last is not None:
+                yield last[0], dict(last[1])
