@@ -241,6 +241,7 @@ def main() -> None:
         raise SystemExit("needs root (writes uevents under /sys)")
     interrupt_on_sigterm()
     kinds, note = receiver_kinds(args.receiver)
+    load_start = os.getloadavg()[0]
     if note:
         print(f"NOTE: {note}", file=sys.stderr)
     results = []
@@ -260,7 +261,7 @@ def main() -> None:
                             r["ratio_p50_stream_floor"] = round(r["devplug"]["p50_ms"] / r["stream_floor"]["p50_ms"], 2)
                         results.append(r)
     report = {"benchmark": "hotplug_latency", "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
-              "loadavg_start": os.getloadavg()[0], "receivers": kinds, "results": results}
+              "loadavg_start": load_start, "loadavg_end": os.getloadavg()[0], "receivers": kinds, "results": results}
     if note:
         report["note"] = note
     print(json.dumps(report, indent=2))
