@@ -149,12 +149,14 @@ def stream_floor(source: str, samples: int, workdir: Path, receiver: str) -> dic
         with Receiver(receiver, str(workdir / f"floor-kubelet-{source}-{receiver}")) as kubelet:
             watch = kubelet.watch("floor", sock)
             watch.wait_for(lambda dl: dl.as_dict().get(DEV_ID) == "Healthy", timeout=10)
+            cpu0 = kubelet.cpu_seconds()
             latencies, _sent = flips(watch, samples)
+            cpu = kubelet.cpu_seconds() - cpu0
             proc.terminate()  # the stream ends before the receiver quits
     finally:
         proc.terminate()
         proc.wait(5)
-    return summary(latencies)
+    return {**summary(latencies), "receiver_cpu_us_per_list": round(cpu / len(latencies) * 1e6)}
 
 
 def internal_latency(sock: str) -> dict | None:
@@ -203,7 +205,9 @@ def run_source(source: str, samples: int, held: int, workdir: Path, same: bool =
             if held:
                 zwatch = kubelet.wait_watch("devplug.io/" + zram_resource, timeout=20)
                 zwatch.wait_for(lambda dl: sum(h == "Healthy" for _i, h in dl.devices) >= held, timeout=60)
+            cpu0 = kubelet.cpu_seconds()
             latencies, sent = flips(watch, samples)
+            receiver_cpu = kubelet.cpu_seconds() - cpu0
             internal = internal_latency(debug_sock)
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -218,6 +222,7 @@ def run_source(source: str, samples: int, held: int, workdir: Path, same: bool =
         if action == faction:
             floors.append((t1 - t0) / 1e6)
     result = {"receiver": receiver, "internal": internal, "source": source, "held_devices": held, "same_resource": same, "samples": len(latencies),
+              "receiver_cpu_us_per_list": round(receiver_cpu / len(latencies) * 1e6),
               "devplug": summary(latencies), "floor": summary(floors) if floors else None}
     if floors:
         result["ratio_p50"] = round(result["devplug"]["p50_ms"] / result["floor"]["p50_ms"], 2)
@@ -274,22 +279,24 @@ def main() -> None:
 def table(results: list[dict]) -> str:
     nan = float("nan")
     lines = [f"{'source':<8} {'recv':<6} {'held':>6} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-             f"{'floor p50':>10} {'floor p99':>10} {'ratio':>6} {'in devplug':>11}"]
+             f"{'floor p50':>10} {'floor p99':>10} {'ratio':>6} {'in devplug':>11} {'recv cpu':>9}"]
     for r in results:
         d, f = r["devplug"], r["floor"] or {}
         held = f"{r['held_devices']}{'*' if r.get('same_resource') else ''}"
         lines.append(
             f"{r['source']:<8} {r.get('receiver', '?'):<6} {held:>6} {r['samples']:>5} {d['p50_ms']:>8.3f} "
             f"{d['p99_ms']:>8.3f} {d['max_ms']:>8.3f} {f.get('p50_ms', nan):>10.3f} {f.get('p99_ms', nan):>10.3f} "
-            f"{r.get('ratio_p50', nan):>6} {(r['internal'] or {}).get('received_to_sent_mean_ms', nan):>11.3f}")
+            f"{r.get('ratio_p50', nan):>6} {(r['internal'] or {}).get('received_to_sent_mean_ms', nan):>11.3f} "
+            f"{r.get('receiver_cpu_us_per_list', nan):>7} µs")
     for r in results:
         f = r.get("stream_floor")
         if f:
             lines.append(f"{r['source']:<8} {r.get('receiver', '?'):<6} transport floor (trio-asyncio + grpc.aio, one "
                          f"device, same uevents): p50 {f['p50_ms']:.3f} p99 {f['p99_ms']:.3f} max {f['max_ms']:.3f} ms; "
-                         f"devplug/floor p50 {r['ratio_p50_stream_floor']}")
+                         f"devplug/floor p50 {r['ratio_p50_stream_floor']}; receiver CPU {f['receiver_cpu_us_per_list']} µs/list")
     lines.append("(ratio: devplug p50 / bare pyudev monitor p50 on the same uevents; in devplug: mean time from "
-                 "devplug reading the uevent until its grpc.aio stream write completed, from its /metrics)")
+                 "devplug reading the uevent until its grpc.aio stream write completed, from its /metrics; recv cpu: "
+                 "CPU time the receiver process used per list received, which it takes from devplug's 2 cores)")
     if any(r.get("same_resource") for r in results):
         lines.append("(* held devices in tty20's own resource)")
     return "\n".join(lines)

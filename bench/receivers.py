@@ -198,6 +198,12 @@ class Receiver:
                 raise RuntimeError(f"{self.kind} receiver's clock is not perf_counter_ns: "
                                    f"{before} <= {t} <= {after} fails")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the receiver process has used so far (all its threads)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
         if self.proc.poll() is None:
             try:
