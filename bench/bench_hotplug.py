@@ -1,8 +1,12 @@
-"""Hotplug latency: real uevent → ListAndWatch response received by the kubelet stand-in.
+"""Hotplug latency: real uevent → ListAndWatch response received by the kubelet end.
 
 For each sample the benchmark writes ``remove`` or ``add`` to /sys/class/tty/tty20/uevent
-(a real kernel uevent; never ttyS0) and times until the stand-in receives the list where
-tty20's health flipped. In the same run a bare pyudev monitor in its own process (the
+(a real kernel uevent; never ttyS0) and times until the receiver gets the list where
+tty20's health flipped. The receiver (``--receiver``, see bench/receivers.py) is a process
+of its own: ``go`` is bench/gokubelet, kubelet's own client stack (grpc-go, a goroutine on
+``Recv``), the default when it is built; ``python`` is tests/kubelet_standin.py (grpcio's
+synchronous client in a thread), which adds its own latency to every figure; ``go,python``
+runs both in one run, side by side. In the same run a bare pyudev monitor in its own process (the
 floor) timestamps the same uevents, so the table shows devplug's cost over netlink's.
 Timestamps are CLOCK_MONOTONIC (``time.perf_counter_ns``) in every process.
 
@@ -10,12 +14,13 @@ Timestamps are CLOCK_MONOTONIC (``time.perf_counter_ns``) in every process.
 figures show the cost with a large inventory (they are removed afterwards, also on Ctrl-C).
 With 0 held, a second floor follows: the transport floor, a bare process on the same stack
 (trio + trio-asyncio + grpc.aio + pyudev) that only flips one device's health on each tty20
-uevent and writes it on a ListAndWatch stream to the same client; the gap between it and
+uevent and writes it on a ListAndWatch stream to the same receiver; the gap between it and
 devplug is devplug's own logic.
 With ``--same-resource`` they are claimed by tty20's resource instead: every flip then
 changes a resource of N+1 devices (the worst case for rebuilding the list kubelet gets).
 
     python bench/bench_hotplug.py [--samples 300] [--sources kernel,udev] [--held 0] [--same-resource]
+                                  [--receiver auto|go|python|go,python]
 Needs root. Prints one JSON object, then a table.
 """
 
@@ -37,7 +42,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 from benchlib import ZramPool, ensure_udevd, http_get, interrupt_on_sigterm, settle  # noqa: E402
-from tests.kubelet_standin import KubeletStandin, Watch  # noqa: E402
+from receivers import LineWatch, Receiver, receiver_kinds  # noqa: E402
 
 TTY = "tty20"
 DEV_ID = "virtual-tty-tty20"
@@ -73,7 +78,7 @@ def summary(values_ms: list[float]) -> dict[str, float]:
 
 
 
-def flips(watch: Watch, samples: int) -> tuple[list[float], list[tuple[str, int]]]:
+def flips(watch: LineWatch, samples: int) -> tuple[list[float], list[tuple[str, int]]]:
     """``samples`` remove+add pairs on tty20: ms from the write to the list received."""
     latencies: list[float] = []
     sent: list[tuple[str, int]] = []
@@ -133,24 +138,25 @@ trio.run(main)
 """
 
 
-def stream_floor(source: str, samples: int, workdir: Path) -> dict:
-    sock = str(workdir / f"floor-{source}.sock")
+def stream_floor(source: str, samples: int, workdir: Path, receiver: str) -> dict:
+    sock = str(workdir / f"floor-{source}-{receiver}.sock")
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     proc = subprocess.Popen([sys.executable, "-c", STREAM_FLOOR, source, sock, DEV_ID], env=env,
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
-        watch = Watch(sock, "floor")
-        try:
+        with Receiver(receiver, str(workdir / f"floor-kubelet-{source}-{receiver}")) as kubelet:
+            watch = kubelet.watch("floor", sock)
             watch.wait_for(lambda dl: dl.as_dict().get(DEV_ID) == "Healthy", timeout=10)
+            cpu0 = kubelet.cpu_seconds()
             latencies, _sent = flips(watch, samples)
-        finally:
-            watch.close()
+            cpu = kubelet.cpu_seconds() - cpu0
+            proc.terminate()  # the stream ends before the receiver quits
     finally:
         proc.terminate()
         proc.wait(5)
-    return summary(latencies)
+    return {**summary(latencies), "receiver_cpu_us_per_list": round(cpu / len(latencies) * 1e6)}
 
 
 def internal_latency(sock: str) -> dict | None:
@@ -168,9 +174,10 @@ def internal_latency(sock: str) -> dict | None:
     return {"received_to_sent_mean_ms": round(total / count * 1e3, 4), "sends": int(count)} if count else None
 
 
-def run_source(source: str, samples: int, held: int, workdir: Path, same: bool = False) -> dict:
+def run_source(source: str, samples: int, held: int, workdir: Path, same: bool = False,
+               receiver: str = "go") -> dict:
     zram_resource = "bench-tty" if same else "bench-zram"
-    tag = f"{source}-{held}{'-same' if same else ''}"
+    tag = f"{source}-{held}{'-same' if same else ''}-{receiver}"
     plugin_dir = workdir / f"plugins-{tag}"
     plugin_dir.mkdir()
     rules = workdir / f"bench-{tag}.rules"
@@ -185,7 +192,8 @@ def run_source(source: str, samples: int, held: int, workdir: Path, same: bool =
     log = open(workdir / f"devplug-{tag}.log", "w")
     debug_sock = str(workdir / f"debug-{tag}.sock")
     internal = None
-    with KubeletStandin(str(plugin_dir), auto_watch=True) as kubelet:
+    with Receiver(receiver, str(plugin_dir)) as kubelet:
+        kubelet.check_clock()  # its t_ns must be this process's perf_counter_ns()
         proc = subprocess.Popen(
             [sys.executable, "-m", "devplug", "run", "--rules", str(rules), "--plugin-dir", str(plugin_dir),
              "--debug-socket", debug_sock, "--udev-source", source, "--log-level", "warning"],
@@ -197,7 +205,9 @@ def run_source(source: str, samples: int, held: int, workdir: Path, same: bool =
             if held:
                 zwatch = kubelet.wait_watch("devplug.io/" + zram_resource, timeout=20)
                 zwatch.wait_for(lambda dl: sum(h == "Healthy" for _i, h in dl.devices) >= held, timeout=60)
+            cpu0 = kubelet.cpu_seconds()
             latencies, sent = flips(watch, samples)
+            receiver_cpu = kubelet.cpu_seconds() - cpu0
             internal = internal_latency(debug_sock)
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -211,7 +221,8 @@ def run_source(source: str, samples: int, held: int, workdir: Path, same: bool =
     for (action, t0), (faction, t1) in zip(sent, floor_times):
         if action == faction:
             floors.append((t1 - t0) / 1e6)
-    result = {"internal": internal, "source": source, "held_devices": held, "same_resource": same, "samples": len(latencies),
+    result = {"receiver": receiver, "internal": internal, "source": source, "held_devices": held, "same_resource": same, "samples": len(latencies),
+              "receiver_cpu_us_per_list": round(receiver_cpu / len(latencies) * 1e6),
               "devplug": summary(latencies), "floor": summary(floors) if floors else None}
     if floors:
         result["ratio_p50"] = round(result["devplug"]["p50_ms"] / result["floor"]["p50_ms"], 2)
@@ -227,10 +238,17 @@ def main() -> None:
                     help="held devices share tty20's resource (each flip resends a list of N+1 devices)")
     ap.add_argument("--no-stream-floor", action="store_true",
                     help="skip the transport floor (bare trio-asyncio + grpc.aio stream, same uevents)")
+    ap.add_argument("--receiver", default="auto",
+                    help="kubelet end: go (bench/gokubelet), python (tests/kubelet_standin.py), both as "
+                         "go,python; auto = go when it is built or buildable, else python")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (writes uevents under /sys)")
     interrupt_on_sigterm()
+    kinds, note = receiver_kinds(args.receiver)
+    load_start = os.getloadavg()[0]
+    if note:
+        print(f"NOTE: {note}", file=sys.stderr)
     results = []
     with tempfile.TemporaryDirectory(prefix="devplug-bench-") as tmp:
         for held in [int(h) for h in args.held.split(",")]:
@@ -241,33 +259,47 @@ def main() -> None:
                 for source in args.sources.split(","):
                     if source == "udev":
                         ensure_udevd()
-                    results.append(run_source(source, args.samples, held, Path(tmp), args.same_resource and held > 0))
-                    if not held and not args.no_stream_floor:
-                        results[-1]["stream_floor"] = stream_floor(source, args.samples, Path(tmp))
-                        results[-1]["ratio_p50_stream_floor"] = round(
-                            results[-1]["devplug"]["p50_ms"] / results[-1]["stream_floor"]["p50_ms"], 2)
+                    for kind in kinds:
+                        r = run_source(source, args.samples, held, Path(tmp), args.same_resource and held > 0, kind)
+                        if not held and not args.no_stream_floor:
+                            r["stream_floor"] = stream_floor(source, args.samples, Path(tmp), kind)
+                            r["ratio_p50_stream_floor"] = round(r["devplug"]["p50_ms"] / r["stream_floor"]["p50_ms"], 2)
+                        results.append(r)
     report = {"benchmark": "hotplug_latency", "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
-              "results": results}
+              "loadavg_start": load_start, "loadavg_end": os.getloadavg()[0], "receivers": kinds, "results": results}
+    if note:
+        report["note"] = note
     print(json.dumps(report, indent=2))
     print()
-    print(f"{'source':<8} {'held':>6} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-          f"{'floor p50':>10} {'floor p99':>10} {'ratio':>6} {'in devplug':>11}")
+    print(table(results))
+    if note:
+        print(f"NOTE: {note}")
+
+
+def table(results: list[dict]) -> str:
+    nan = float("nan")
+    lines = [f"{'source':<8} {'recv':<6} {'held':>6} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+             f"{'floor p50':>10} {'floor p99':>10} {'ratio':>6} {'in devplug':>11} {'recv cpu':>9}"]
     for r in results:
         d, f = r["devplug"], r["floor"] or {}
         held = f"{r['held_devices']}{'*' if r.get('same_resource') else ''}"
-        print(f"{r['source']:<8} {held:>6} {r['samples']:>5} {d['p50_ms']:>8.3f} {d['p99_ms']:>8.3f} "
-              f"{d['max_ms']:>8.3f} {f.get('p50_ms', float('nan')):>10.3f} {f.get('p99_ms', float('nan')):>10.3f} "
-              f"{r.get('ratio_p50', float('nan')):>6} {(r['internal'] or {}).get('received_to_sent_mean_ms', float('nan')):>11.3f}")
+        lines.append(
+            f"{r['source']:<8} {r.get('receiver', '?'):<6} {held:>6} {r['samples']:>5} {d['p50_ms']:>8.3f} "
+            f"{d['p99_ms']:>8.3f} {d['max_ms']:>8.3f} {f.get('p50_ms', nan):>10.3f} {f.get('p99_ms', nan):>10.3f} "
+            f"{r.get('ratio_p50', nan):>6} {(r['internal'] or {}).get('received_to_sent_mean_ms', nan):>11.3f} "
+            f"{r.get('receiver_cpu_us_per_list', nan):>7} µs")
     for r in results:
         f = r.get("stream_floor")
         if f:
-            print(f"{r['source']:<8} transport floor (trio-asyncio + grpc.aio, one device, same uevents): p50 "
-                  f"{f['p50_ms']:.3f} p99 {f['p99_ms']:.3f} max {f['max_ms']:.3f} ms; devplug/floor p50 "
-                  f"{r['ratio_p50_stream_floor']}")
-    print("(in devplug: mean time from devplug reading the uevent until its grpc.aio stream write completed, "
-          "from its /metrics)")
+            lines.append(f"{r['source']:<8} {r.get('receiver', '?'):<6} transport floor (trio-asyncio + grpc.aio, one "
+                         f"device, same uevents): p50 {f['p50_ms']:.3f} p99 {f['p99_ms']:.3f} max {f['max_ms']:.3f} ms; "
+                         f"devplug/floor p50 {r['ratio_p50_stream_floor']}; receiver CPU {f['receiver_cpu_us_per_list']} µs/list")
+    lines.append("(ratio: devplug p50 / bare pyudev monitor p50 on the same uevents; in devplug: mean time from "
+                 "devplug reading the uevent until its grpc.aio stream write completed, from its /metrics; recv cpu: "
+                 "CPU time the receiver process used per list received, which it takes from devplug's 2 cores)")
     if any(r.get("same_resource") for r in results):
-        print("(* held devices in tty20's own resource)")
+        lines.append("(* held devices in tty20's own resource)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

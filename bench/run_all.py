@@ -28,6 +28,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 from benchlib import machine  # noqa: E402
+from receivers import receiver_kinds  # noqa: E402
 
 BEGIN, END = "<!-- figures:begin -->", "<!-- figures:end -->"
 
@@ -122,13 +123,15 @@ def rows_hotplug(r: dict) -> list[Row]:
     for x in r["results"]:
         d, f = x["devplug"], x.get("floor") or {}
         where = " in the same resource" if x.get("same_resource") else ""
-        out.append((f"hotplug latency, {x['source']} source, {x['held_devices']} held{where}, p50 / p99 / max",
+        recv = x.get("receiver", "python")  # runs before bench/gokubelet had the Python stand-in
+        out.append((f"hotplug latency, {x['source']} source, {x['held_devices']} held{where}, {recv} receiver, "
+                    "p50 / p99 / max",
                     f"{d['p50_ms']:.3f} / {d['p99_ms']:.3f} / {d['max_ms']:.3f} ms", "p50 ≤ 0.5, p99 ≤ 2 ms",
                     f"{f.get('p50_ms', 0):.3f} / {f.get('p99_ms', 0):.3f} ms" if f else "",
                     _ratio(d["p50_ms"], f.get("p50_ms"))))
         sf = x.get("stream_floor")
         if sf:
-            out.append((f"  same, vs the transport floor (bare trio-asyncio + grpc.aio stream, {x['source']})",
+            out.append((f"  same, vs the transport floor (bare trio-asyncio + grpc.aio stream, {x['source']}, {recv})",
                         f"{d['p50_ms']:.3f} / {d['p99_ms']:.3f} / {d['max_ms']:.3f} ms", "",
                         f"{sf['p50_ms']:.3f} / {sf['p99_ms']:.3f} / {sf['max_ms']:.3f} ms",
                         _ratio(d["p50_ms"], sf["p50_ms"])))
@@ -258,6 +261,11 @@ def main() -> None:
     unknown = set(names) - set(STEPS)
     if unknown:
         raise SystemExit(f"unknown steps: {', '.join(sorted(unknown))}")
+    if any(n.startswith("hotplug") for n in names):
+        # The hotplug steps receive with bench/gokubelet (kubelet's grpc-go client) when it is
+        # built: build it first, outside the steps and the load wait. Without Go: Python, said so.
+        _kinds, note = receiver_kinds("auto")
+        print(f"NOTE: {note}" if note else "hotplug receiver: go (bench/gokubelet)")
     deadline = time.monotonic() + args.wait_quiet
     while os.getloadavg()[0] >= 0.5 and time.monotonic() < deadline:
         time.sleep(5)

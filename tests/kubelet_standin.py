@@ -415,9 +415,13 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     It serves Registration, opens ListAndWatch on every registration (like kubelet) and
     prints one JSON line per event on stdout: ``{"event": "register", ...}`` and
-    ``{"event": "list", "resource": ..., "t_ns": ..., "devices": [[id, health], ...]}``.
+    ``{"event": "list", "resource": ..., "t_ns": ..., "devices": [[id, health], ...]}``, and
+    ``{"event": "end", "resource": ..., "code": "OK" | <grpc.StatusCode name>}`` when a stream ends.
     ``t_ns`` is ``time.perf_counter_ns()`` (CLOCK_MONOTONIC, comparable across processes).
-    Reads commands on stdin, one a line: ``restart`` and ``quit``.
+    Reads commands on stdin, one a line: ``restart``, ``quit``, ``clock`` (prints the clock
+    now, to check it against the reader's) and ``watch RESOURCE SOCKET`` (ListAndWatch on a
+    socket without a registration, its lists printed under RESOURCE). bench/gokubelet is the
+    same protocol in Go.
     """
     import argparse
     import json
@@ -441,16 +445,19 @@ def main(argv: Optional[list[str]] = None) -> None:
             return response
 
         def _auto_watch(self, reg: Registration) -> None:
-            path = os.path.join(self.plugin_dir, reg.endpoint)
-            channel = grpc.insecure_channel("unix://" + path)
-            call = api_pb2_grpc.DevicePluginStub(channel).ListAndWatch(api_pb2.Empty())
-            try:
-                for response in call:
-                    t = time.perf_counter_ns()
-                    emit({"event": "list", "resource": reg.resource_name, "t_ns": t,
-                          "devices": [[d.ID, d.health] for d in response.devices]})
-            except grpc.RpcError as e:
-                emit({"event": "end", "resource": reg.resource_name, "code": e.code().name})
+            stream(reg.resource_name, os.path.join(self.plugin_dir, reg.endpoint))
+
+    def stream(resource: str, path: str) -> None:
+        channel = grpc.insecure_channel("unix://" + path)
+        call = api_pb2_grpc.DevicePluginStub(channel).ListAndWatch(api_pb2.Empty())
+        try:
+            for response in call:
+                t = time.perf_counter_ns()
+                emit({"event": "list", "resource": resource, "t_ns": t,
+                      "devices": [[d.ID, d.health] for d in response.devices]})
+            emit({"event": "end", "resource": resource, "code": "OK"})
+        except grpc.RpcError as e:
+            emit({"event": "end", "resource": resource, "code": e.code().name})
 
     kubelet = _Printing(args.plugin_dir, auto_watch=True)
     emit({"event": "ready", "socket": kubelet.socket})
@@ -459,6 +466,10 @@ def main(argv: Optional[list[str]] = None) -> None:
             cmd = line.strip()
             if cmd == "restart":
                 emit({"event": "restarted", "t_ns": kubelet.restart()})
+            elif cmd == "clock":
+                emit({"event": "clock", "t_ns": time.perf_counter_ns()})
+            elif cmd.startswith("watch ") and len(cmd.split()) == 3:
+                threading.Thread(target=stream, args=cmd.split()[1:], daemon=True).start()
             elif cmd == "quit":
                 break
     finally:
