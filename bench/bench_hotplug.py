@@ -159,6 +159,15 @@ def stream_floor(source: str, samples: int, workdir: Path, receiver: str) -> dic
     return {**summary(latencies), "receiver_cpu_us_per_list": round(cpu / len(latencies) * 1e6)}
 
 
+def stage_breakdown(sock: str) -> dict | None:
+    """devplug's own account of where each uevent's time went (its ``/stages`` route)."""
+    try:
+        status, body = http_get(sock, "/stages")
+    except OSError:
+        return None
+    return json.loads(body) if status == 200 else None
+
+
 def internal_latency(sock: str) -> dict | None:
     """devplug's own share, from its /metrics: uevent received → list sent (histogram mean)."""
     try:
@@ -192,6 +201,7 @@ def run_source(source: str, samples: int, held: int, workdir: Path, same: bool =
     log = open(workdir / f"devplug-{tag}.log", "w")
     debug_sock = str(workdir / f"debug-{tag}.sock")
     internal = None
+    stages = None
     with Receiver(receiver, str(plugin_dir)) as kubelet:
         kubelet.check_clock()  # its t_ns must be this process's perf_counter_ns()
         proc = subprocess.Popen(
@@ -209,6 +219,7 @@ def run_source(source: str, samples: int, held: int, workdir: Path, same: bool =
             latencies, sent = flips(watch, samples)
             receiver_cpu = kubelet.cpu_seconds() - cpu0
             internal = internal_latency(debug_sock)
+            stages = stage_breakdown(debug_sock)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(10)
@@ -221,7 +232,7 @@ def run_source(source: str, samples: int, held: int, workdir: Path, same: bool =
     for (action, t0), (faction, t1) in zip(sent, floor_times):
         if action == faction:
             floors.append((t1 - t0) / 1e6)
-    result = {"receiver": receiver, "internal": internal, "source": source, "held_devices": held, "same_resource": same, "samples": len(latencies),
+    result = {"receiver": receiver, "internal": internal, "stages": stages, "source": source, "held_devices": held, "same_resource": same, "samples": len(latencies),
               "receiver_cpu_us_per_list": round(receiver_cpu / len(latencies) * 1e6),
               "devplug": summary(latencies), "floor": summary(floors) if floors else None}
     if floors:
@@ -294,6 +305,16 @@ def table(results: list[dict]) -> str:
             lines.append(f"{r['source']:<8} {r.get('receiver', '?'):<6} transport floor (trio-asyncio + grpc.aio, one "
                          f"device, same uevents): p50 {f['p50_ms']:.3f} p99 {f['p99_ms']:.3f} max {f['max_ms']:.3f} ms; "
                          f"devplug/floor p50 {r['ratio_p50_stream_floor']}; receiver CPU {f['receiver_cpu_us_per_list']} µs/list")
+    staged = [r for r in results if (r.get("stages") or {}).get("count")]
+    if staged:
+        names = staged[0]["stages"]["stages"]
+        lines.append("devplug's own span per uevent, p50 µs by stage (from its /stages): "
+                     + ", ".join(names) + ", total")
+        for r in staged:
+            p50 = r["stages"]["p50_us"]
+            held = f"{r['held_devices']}{'*' if r.get('same_resource') else ''}"
+            lines.append(f"  {r['source']:<8} held {held:>6}: " + "  ".join(f"{p50[n]:>6.1f}" for n in names)
+                         + f"   = {p50['total']:.1f} (p99 {r['stages']['p99_us']['total']:.1f})")
     lines.append("(ratio: devplug p50 / bare pyudev monitor p50 on the same uevents; in devplug: mean time from "
                  "devplug reading the uevent until its grpc.aio stream write completed, from its /metrics; recv cpu: "
                  "CPU time the receiver process used per list received, which it takes from devplug's 2 cores)")

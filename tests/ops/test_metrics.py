@@ -153,11 +153,16 @@ def test_devplug_series_values_and_devices_are_read_at_scrape_time():
 def test_latency_is_recorded_per_uevent_per_stream_not_for_initial_sends():
     inv, t, perf = _telemetry()
     perf["now"] = 1_000_000
-    t.on_event("add", "tty", "/devices/a", 1, 1_000_000 - 200_000, inv.apply(seen("/sys/a", "a")))
+    a = inv.apply(seen("/sys/a", "a"))
+    t.mark(a, 1_000_000 - 200_000, 1_000_000 - 150_000, 1_000_000 - 50_000)  # on the event path
     v1 = inv.version(R)
     perf["now"] = 2_000_000
-    t.on_event("add", "tty", "/devices/b", 2, 2_000_000 - 100_000, inv.apply(seen("/sys/b", "b")))
+    b = inv.apply(seen("/sys/b", "b"))
+    t.mark(b, 2_000_000 - 100_000, 2_000_000 - 90_000, 2_000_000 - 10_000)
     v2 = inv.version(R)
+    perf["now"] = 2_000_000
+    t.on_event("add", "tty", "/devices/a", 1, 1_000_000 - 200_000, a)  # counted after the sends
+    t.on_event("add", "tty", "/devices/b", 2, 2_000_000 - 100_000, b)
     t.on_event("change", "tty", "/devices/x", 3, 2_000_000, Change())  # unclaimed: no latency
     perf["now"] = 2_300_000
     t.on_sent(R, v2, None)  # a new stream's initial list: not a reaction
@@ -177,8 +182,12 @@ def test_latency_is_recorded_per_uevent_per_stream_not_for_initial_sends():
     assert s("devplug_uevents_total", action="change", subsystem="tty") == 1
     ev = t.recent()
     assert [e.seqnum for e in ev] == [1, 2, 3]
-    assert ev[0].processing_ns == 200_000
-    assert ev[0].received == pytest.approx(1_700_000_000.0 - 0.0002)
+    assert ev[1].processing_ns == 100_000
+    # Each send that carried a uevent timed its stages (µs): record, rules and inventory,
+    # publish, stream wake-up, write.
+    stages = t.stage_summary()
+    assert stages["count"] == 3 and stages["stages"] == ("record", "rules_inventory", "publish", "to_stream", "write")
+    assert (50_000, 100_000, 50_000, 0, 1_300_000) in t.stages and (10_000, 80_000, 10_000, 0, 300_000) in t.stages
     assert [(c.resource, c.id, c.state) for c in ev[1].changes] == [(R, "b", "Healthy")]
 
 
@@ -186,7 +195,7 @@ def test_latency_buckets_are_the_documented_ones_cumulative_and_le_inclusive():
     inv, t, perf = _telemetry()
     # Latencies exactly on bounds count in that bucket (Prometheus' le is "≤").
     for latency_ns in (100_000, 1_000_000, 1_000_001, 2_000_000_000):
-        t.on_event("add", "tty", "/devices/a", 1, 0, inv.apply(seen("/sys/a", "a")))
+        t.mark(inv.apply(seen("/sys/a", "a")), 0, 0, 0)
         perf["now"] = latency_ns
         t.on_sent(R, inv.version(R), inv.version(R) - 1)
         perf["now"] = 0

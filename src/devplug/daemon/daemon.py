@@ -11,6 +11,7 @@ the nursery; every adapter removes what it created on the way out.
 from __future__ import annotations
 
 import logging
+from time import perf_counter_ns
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Optional, Protocol
 
@@ -100,19 +101,21 @@ class Daemon:
 
         With CDI, the streams wake only after the specs are written (a worker thread does
         the fsync), so any ID kubelet can allocate is already in the spec."""
-        for refusal in change.refused:  # once per device, whether or not a resource changed
-            log.warning("device refused", extra=kv(**refusal.fields()))
-        for twin in change.twins:
-            log.warning("devices derive the same ID, told apart by kernel path", extra=kv(**twin.fields()))
-        self.telemetry.on_refused(change.refused)
+        if change.refused or change.twins:
+            for refusal in change.refused:  # once per device, whether or not a resource changed
+                log.warning("device refused", extra=kv(**refusal.fields()))
+            for twin in change.twins:
+                log.warning("devices derive the same ID, told apart by kernel path", extra=kv(**twin.fields()))
+            self.telemetry.on_refused(change.refused)
         if not change:
             return
         self.collector.wake()
-        # A resource the change dropped (forgotten on reload) must not come back here.
-        new = (change.resources & self.inventory.resources()) - self._served
-        if new:
-            self._served |= new
-            self.kubelet.set_resources(self._served)
+        if not change.resources <= self._served:
+            # A resource the change dropped (forgotten on reload) must not come back here.
+            new = (change.resources & self.inventory.resources()) - self._served
+            if new:
+                self._served |= new
+                self.kubelet.set_resources(self._served)
         if self._cdi is None:
             self.kubelet.notify(change)
         else:
@@ -214,8 +217,12 @@ class Daemon:
         done: list[tuple[DeviceEvent, Change]] = []
         async for item in self.source.events():
             if isinstance(item, DeviceEvent):
+                built = perf_counter_ns()
                 change = self.pipeline.handle(item.device, item.action)
+                handled = perf_counter_ns()
                 self.publish(change)
+                if change:
+                    self.telemetry.mark(change, item.received_ns, built, handled)
                 done.append((item, change))
             elif isinstance(item, Drained):
                 if done:

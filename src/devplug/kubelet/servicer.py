@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Optional, Protocol
 
 import grpc
@@ -25,7 +26,7 @@ log = logging.getLogger("devplug.kubelet")
 class KubeletObserver(Protocol):
     """What the adapter reports as it works (``devplug.telemetry.Telemetry`` is one)."""
 
-    def on_sent(self, resource: str, version: int, previous: Optional[int]) -> None: ...
+    def on_sent(self, resource: str, version: int, previous: Optional[int], woke_ns: Optional[int] = None) -> None: ...
     def on_registration(self, resource: str, ok: bool) -> None: ...
     def on_kubelet_restart(self) -> None: ...
     def on_allocate(self, resource: str, result: str) -> None: ...
@@ -121,15 +122,17 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
         log.debug("stream opened", extra=kv(resource=self.resource, open=self._streams.open))
         try:
             sent: Optional[int] = None
+            woke = time.perf_counter_ns()
             while not self._closing:
                 version = self._refresh()
                 if version != sent:
                     await context.write(self._response)
                     if self._telemetry is not None:
-                        self._telemetry.on_sent(self.resource, version, sent)
+                        self._telemetry.on_sent(self.resource, version, sent, woke)
                     sent = version
                     continue
                 await self._pulse.wait()
+                woke = time.perf_counter_ns()
         finally:
             self._streams.open -= 1
             log.debug("stream closed", extra=kv(resource=self.resource, open=self._streams.open))

@@ -9,6 +9,8 @@ Routes (all GET):
                 (``?limit=N``).
 ``/explain``    ``?syspath=`` | ``devpath=`` | ``devnode=``: for a live device, which rules
                 matched and why the others did not, and what devplug made of it.
+``/stages``     where the last uevents' time went on their way to kubelet: percentiles of
+                each stage (record, rules and inventory, publish, stream wake-up, write).
 ``/healthz``    200 ``ok`` while the udev monitor runs and every resource holding devices is
                 served (and registered with kubelet, unless registration is off); 503 with
                 the reason otherwise.
@@ -225,6 +227,7 @@ class DebugApp:
             "/events": self._events,
             "/explain": self._explain,
             "/healthz": self._healthz,
+            "/stages": self._stages,
             "/metrics": self._metrics,
             "/": self._index,
         }
@@ -303,6 +306,9 @@ class DebugApp:
         result["inventory"] = None if binding is None else {"resource": binding[0], "physical": binding[1]}
         result["rules_error"] = self._rules_error()
         return _json(200, result)
+
+    async def _stages(self, query: Mapping[str, str]) -> Response:
+        return _json(200, self.telemetry.stage_summary())
 
     async def _healthz(self, query: Mapping[str, str]) -> Response:
         health = self.health()

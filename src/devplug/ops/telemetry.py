@@ -28,6 +28,10 @@ from .httpserve import ConnectionStats
 from .metrics import LATENCY_BUCKETS, build_registry
 
 EVENT_LOG_SIZE = 256
+#: What one uevent's path to kubelet is cut into (see ``Telemetry.on_sent``): reading the
+#: message to its record; rules, identity and inventory; waking the streams; the stream
+#: resuming; encoding and writing the list until gRPC reported it written.
+STAGES = ("record", "rules_inventory", "publish", "to_stream", "write")
 _PENDING_PER_RESOURCE = 64
 
 
@@ -67,7 +71,8 @@ class Telemetry:
         # Raw tuples (cheap on the event path); :meth:`recent` builds the records.
         self._events: collections.deque[tuple] = collections.deque(maxlen=events)
         self.rules_error: Optional[str] = None
-        self._pending: dict[str, collections.deque[tuple[int, int]]] = {}
+        self._pending: dict[str, collections.deque[tuple[int, int, int, int, int]]] = {}
+        self.stages: collections.deque[tuple[int, int, int, int, int]] = collections.deque(maxlen=4096)
 
         # The records /metrics reports (ops/metrics.py reads them when scraped).
         self.uevents: collections.Counter[tuple[str, str]] = collections.Counter()  # (action, subsystem)
@@ -86,19 +91,24 @@ class Telemetry:
         self.registry: CollectorRegistry = build_registry(self)
 
     # ---- hooks the daemon calls ------------------------------------------------------------
-    def on_event(self, action: str, subsystem: Optional[str], devpath: Optional[str],
-                 seqnum: Optional[int], received_ns: int, change: Change) -> None:
-        """A uevent went through the pipeline and its change was published.
-
-        ``received_ns`` is ``time.perf_counter_ns()`` taken when the message was read.
-        """
-        now_ns = self._perf_ns()
-        self.uevents[action, subsystem or ""] += 1
+    def mark(self, change: Change, received_ns: int, built_ns: int, handled_ns: int) -> None:
+        """On the event path, right after a uevent's change was published: remember when
+        each stage ended, so the stream sends that carry it can time them (``on_sent``).
+        ``*_ns`` are ``time.perf_counter_ns()``: message read, record built, rules and
+        inventory done; now is when the streams were woken."""
+        published_ns = self._perf_ns()
         for resource in change.resources:
             pending = self._pending.get(resource)
             if pending is None:
                 pending = self._pending[resource] = collections.deque(maxlen=_PENDING_PER_RESOURCE)
-            pending.append((self.inventory.version(resource), received_ns))
+            pending.append((self.inventory.version(resource), received_ns, built_ns, handled_ns, published_ns))
+
+    def on_event(self, action: str, subsystem: Optional[str], devpath: Optional[str],
+                 seqnum: Optional[int], received_ns: int, change: Change) -> None:
+        """A uevent went through the pipeline; called once its streams have written (the
+        counters and the event log are not on the path to kubelet)."""
+        now_ns = self._perf_ns()
+        self.uevents[action, subsystem or ""] += 1
         self._events.append(("uevent", action, subsystem, devpath, seqnum,
                              self._clock() - (now_ns - received_ns) / 1e9, now_ns - received_ns,
                              self._changes(change) if change else ()))
@@ -116,20 +126,38 @@ class Telemetry:
         if count > 0:
             self.overflows += count
 
-    def on_sent(self, resource: str, version: int, previous: Optional[int]) -> None:
+    def on_sent(self, resource: str, version: int, previous: Optional[int], woke_ns: Optional[int] = None) -> None:
         """A stream sent ``resource``'s list at ``version``; it had sent ``previous`` before
-        (None for a stream's first send, which is not a reaction to a uevent)."""
+        (None for a stream's first send, which is not a reaction to a uevent). ``woke_ns``:
+        when the stream resumed to send it."""
         if previous is None:
             return
         pending = self._pending.get(resource)
         if not pending:
             return
         now_ns = self._perf_ns()
-        for v, received_ns in pending:
+        for v, received_ns, built_ns, handled_ns, published_ns in pending:
             if previous < v <= version:
                 seconds = (now_ns - received_ns) / 1e9
                 self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le is inclusive
                 self.latency_sum += seconds
+                woke = published_ns if woke_ns is None else woke_ns
+                self.stages.append((built_ns - received_ns, handled_ns - built_ns, published_ns - handled_ns,
+                                    woke - published_ns, now_ns - woke))
+
+    def stage_summary(self) -> dict:
+        """Percentiles (µs) of each stage of the last sends that carried a uevent."""
+        samples = list(self.stages)
+        out: dict = {"count": len(samples), "stages": STAGES}
+        if not samples:
+            return out
+        totals = sorted(sum(s) for s in samples)
+        columns = [sorted(col) for col in zip(*samples)]
+        for q, name in ((0.5, "p50_us"), (0.9, "p90_us"), (0.99, "p99_us")):
+            k = min(len(samples) - 1, int(q * (len(samples) - 1) + 0.5))
+            out[name] = {**{stage: round(col[k] / 1e3, 1) for stage, col in zip(STAGES, columns)},
+                         "total": round(totals[k] / 1e3, 1)}
+        return out
 
     def on_registration(self, resource: str, ok: bool) -> None:
         self.registrations[resource, "ok" if ok else "error"] += 1
