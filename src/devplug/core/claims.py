@@ -77,8 +77,9 @@ class Pipeline:
         claim = self.ruleset.evaluate(device, action=action, domain=self.domain, path_mode=self.path_mode)
         if claim.resource is None:
             return Sighting(key=key, present=True)
-        base_id = identity.device_id(device, claim)
-        usb_node = identity.usb_node(device)
+        usb = identity.usb_ancestors(device)
+        base_id = identity.device_id(device, claim, usb)
+        usb_node = identity.usb_node(device, usb[0])
         refused = refusal(key, claim, base_id=base_id, devnode=device.devnode, subsystem=device.subsystem,
                           symlinks=device.symlinks, usb_node=usb_node)
         if refused is not None:
@@ -93,7 +94,7 @@ class Pipeline:
             subsystem=device.subsystem,
             symlinks=device.symlinks,
             usb_node=usb_node,
-            topology=identity.topology(device),
+            topology=identity.topology(device, usb[0]),
         )
 
     def handle(self, device: Device, action: str) -> Change:

@@ -50,6 +50,12 @@ class Entry:
     def health(self) -> str:
         return HEALTHY if self.healthy else UNHEALTHY
 
+    def with_health(self, healthy: bool, since: float) -> Entry:
+        """This entry with another health (``attrs.evolve`` looks every field up each time;
+        this runs on every unplug)."""
+        return Entry(self.id, self.resource, healthy, self.physical, self.claim, self.syspath, self.devnode,
+                     self.subsystem, self.symlinks, self.usb_node, self.topology, self.hostpath, since)
+
 
 @attrs.frozen(slots=True)
 class Refusal:

@@ -70,27 +70,30 @@ def split_id(device_id: str) -> Optional[tuple[str, Optional[str], Optional[int]
     return base, tag if sep else None, copy
 
 
+def usb_ancestors(device: Device) -> tuple[Optional[Device], Optional[Device]]:
+    """The nearest USB device and USB interface of the chain (the device itself included),
+    in one walk: identity, the USB node and the topology all need them."""
+    iface: Optional[Device] = None
+    for dev in device.chain():
+        if dev.subsystem == "usb":
+            devtype = dev.devtype
+            if devtype == "usb_device":
+                return dev, iface
+            if devtype == "usb_interface" and iface is None:
+                iface = dev
+    return None, None
+
+
 def _usb_device(device: Device) -> Optional[Device]:
-    for dev in device.chain():
-        if dev.subsystem == "usb" and dev.devtype == "usb_device":
-            return dev
-    return None
+    return usb_ancestors(device)[0]
 
 
-def _usb_interface(device: Device) -> Optional[Device]:
-    for dev in device.chain():
-        if dev.subsystem == "usb" and dev.devtype == "usb_interface":
-            return dev
-    return None
-
-
-def _usb_identity(device: Device) -> Optional[str]:
+def _usb_identity(device: Device, usb: Optional[Device], iface: Optional[Device]) -> Optional[str]:
     """vendor-product-serial[-ifNN], from sysfs first, else udev's properties.
 
     sysfs comes first because every source sees it (the kernel source has no ``ID_*``
     on ``add``), so a device gets the same ID whichever source reported it.
     """
-    usb = _usb_device(device)
     if usb is None:
         return None
     props = device.properties
@@ -101,7 +104,6 @@ def _usb_identity(device: Device) -> Optional[str]:
         return None
     ident = f"{vendor}-{product}-{serial.strip()}"
     if usb is not device:
-        iface = _usb_interface(device)
         ifnum = iface.read_attr("bInterfaceNumber") if iface is not None else None
         ifnum = ifnum or props.get("ID_USB_INTERFACE_NUM")
         if ifnum:
@@ -114,9 +116,10 @@ def _symlink_named(device: Device, marker: str) -> Optional[str]:
     return links[0].rsplit("/", 1)[-1] if links else None
 
 
-def default_id(device: Device) -> str:
-    """The unsanitized default identity of a device (see the module docstring)."""
-    ident = _usb_identity(device)
+def default_id(device: Device, usb: Optional[tuple[Optional[Device], Optional[Device]]] = None) -> str:
+    """The unsanitized default identity of a device (see the module docstring); ``usb`` is
+    :func:`usb_ancestors` when the caller has it already."""
+    ident = _usb_identity(device, *(usb if usb is not None else usb_ancestors(device)))
     if ident:
         return ident
     by_id = _symlink_named(device, "/by-id/")
@@ -131,9 +134,10 @@ def default_id(device: Device) -> str:
     return device.devpath.removeprefix("/devices/").replace("/", "-")
 
 
-def device_id(device: Device, claim: Claim) -> str:
+def device_id(device: Device, claim: Claim,
+              usb: Optional[tuple[Optional[Device], Optional[Device]]] = None) -> str:
     """The stable ID of a claimed device: the rule's ``DEVICE_ID`` or the default."""
-    return sanitize_id(claim.device_id or default_id(device))
+    return sanitize_id(claim.device_id or default_id(device, usb))
 
 
 def share_ids(base: str, share: int) -> tuple[str, ...]:
@@ -143,9 +147,11 @@ def share_ids(base: str, share: int) -> tuple[str, ...]:
     return tuple(f"{base}-s{k}" for k in range(share))
 
 
-def usb_node(device: Device) -> Optional[str]:
-    """``/dev/bus/usb/BBB/DDD`` of the nearest USB device, for libusb users."""
-    usb = _usb_device(device)
+def usb_node(device: Device, usb: Optional[Device] = None) -> Optional[str]:
+    """``/dev/bus/usb/BBB/DDD`` of the nearest USB device (``usb``, when the caller has
+    it), for libusb users."""
+    if usb is None:
+        usb = _usb_device(device)
     if usb is None:
         return None
     if usb.devnode:
@@ -160,12 +166,13 @@ def usb_node(device: Device) -> Optional[str]:
         return None
 
 
-def topology(device: Device) -> Optional[str]:
+def topology(device: Device, usb: Optional[Device] = None) -> Optional[str]:
     """What a device shares with its neighbours: the USB hub it hangs off, else its parent.
 
     Devices on the same hub (or behind the same parent) are preferred together by
     GetPreferredAllocation, so a pod gets adapters that share fate and bandwidth.
     """
-    usb = _usb_device(device)
+    if usb is None:
+        usb = _usb_device(device)
     anchor = usb.parent if usb is not None else device.parent
     return anchor.devpath if anchor is not None else None

@@ -34,6 +34,20 @@ class _Resource:
     version: int = 0
     snapshot: Optional[tuple[Entry, ...]] = None
     order: Optional[list[str]] = None  # sorted IDs; kept while only health/fields change
+    # While ``order`` holds: the entries in that order, and each ID's position, so a health
+    # flip patches one slot instead of rebuilding the list (1,000 devices: a copy, no loop).
+    listed: Optional[list[Entry]] = None
+    position: Optional[dict[str, int]] = None
+
+    def replace(self, entry: Entry) -> None:
+        """An existing ID's entry changes (the ID order does not)."""
+        self.entries[entry.id] = entry
+        if self.listed is not None and self.position is not None:
+            self.listed[self.position[entry.id]] = entry
+
+    def reorder(self) -> None:
+        """IDs came or went: the order is rebuilt when next asked."""
+        self.order = self.listed = self.position = None
 
 
 @attrs.define(slots=True)
@@ -90,10 +104,12 @@ class Inventory:
         if r is None:
             return ()
         if r.snapshot is None:
-            if r.order is None:
+            if r.listed is None:
                 r.order = sorted(r.entries)
-            entries = r.entries
-            r.snapshot = tuple([entries[k] for k in r.order])
+                r.position = {k: n for n, k in enumerate(r.order)}
+                entries = r.entries
+                r.listed = [entries[k] for k in r.order]
+            r.snapshot = tuple(r.listed)
         return r.snapshot
 
     def get(self, resource: str, device_id: str) -> Optional[Entry]:
@@ -274,7 +290,7 @@ class Inventory:
         for i in res.physical.get(physical, ()):
             if i not in ids:
                 del res.entries[i]
-                res.order = None
+                res.reorder()
                 u.touch(s.resource, i)
         res.physical[physical] = ids
         now = None
@@ -298,8 +314,10 @@ class Inventory:
             )
             if old != new:
                 if old is None:
-                    res.order = None
-                res.entries[i] = new
+                    res.entries[i] = new
+                    res.reorder()
+                else:
+                    res.replace(new)
                 u.touch(s.resource, i)
 
     def _refuse(self, refusal: Refusal, u: _Update) -> None:
@@ -318,7 +336,7 @@ class Inventory:
             return
         for i in res.physical.pop(base, ()):
             del res.entries[i]
-            res.order = None
+            res.reorder()
             u.touch(resource, i)
 
     def _mark_unhealthy(self, bound: tuple[str, str], u: _Update) -> None:
@@ -330,13 +348,13 @@ class Inventory:
         for i in res.physical.get(base, ()):
             e = res.entries[i]
             if e.healthy:
-                res.entries[i] = attrs.evolve(e, healthy=False, since=now)
+                res.replace(e.with_health(False, now))
                 u.touch(resource, i)
 
     def _forget_ids(self, res: _Resource, entries: Iterable[Entry], u: _Update) -> None:
         for e in entries:
             del res.entries[e.id]
-            res.order = None
+            res.reorder()
             left = tuple(i for i in res.physical[e.physical] if i != e.id)
             if left:
                 res.physical[e.physical] = left

@@ -14,6 +14,12 @@ leftmost searches (``(?>.*?SEG)``), linear per segment; a pattern whose brackets
 continue at different positions for different bytes (only glibc's corner cases) runs as
 a set-of-states simulation. Either way the worst case is O(len(pattern) × len(value)).
 Checked against glibc's own ``fnmatch`` over random patterns and values (tests).
+
+Why no library: Python's ``fnmatch`` module has no backslash escapes, parses brackets its
+own way and compiles to a backtracking regex (``*a*a*a*a*b`` against 126 ``a`` characters took 4 s);
+glibc's ``fnmatch`` through ctypes is exact on glibc but costs a foreign call per value and
+is not on the musl-based images devplug's container could use; no package on PyPI matches
+glibc's corner cases. So the semantics are written here once and tested against glibc.
 """
 
 from __future__ import annotations

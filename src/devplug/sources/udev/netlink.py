@@ -53,10 +53,12 @@ def parse(data: bytes) -> Optional[dict[str, str]]:
         if not sep or len(head) < 4 or b"@/" not in head:
             return None
     props: dict[str, str] = {}
-    for item in body.split(b"\0"):
-        key, eq, value = item.partition(b"=")
+    # One decode for the whole body: NUL never occurs inside a UTF-8 sequence, and
+    # surrogateescape maps each invalid byte on its own, so this equals decoding each item.
+    for item in body.decode("utf-8", "surrogateescape").split("\0"):
+        key, eq, value = item.partition("=")
         if eq and key:
-            props[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+            props[key] = value
     return props if "DEVPATH" in props else None
 
 

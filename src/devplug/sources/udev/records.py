@@ -248,12 +248,13 @@ def device_from_pyudev(
 
 
 def device_from_uevent(props: dict[str, str], *, context: pyudev.Context, sys_root: str = "/sys",
-                       parent_cache: Optional[ParentCache] = None) -> Device:
+                       parent_cache: Optional[ParentCache] = None, gone: bool = False) -> Device:
     """The :class:`Device` record of one uevent's properties (``netlink.parse``).
 
     What the event says is used as is; the parent chain is looked up only when a rule or
     the identity asks for it (in the same pass over the rules, so sysfs is read as it is
-    then), and a ``remove`` never asks. Attribute reads stay lazy as for every record.
+    then), and a ``remove`` never asks. Attribute reads stay lazy as for every record;
+    ``gone`` (a remove or unbind) skips the ``driver`` link, which is gone with the device.
     """
     _sorted_list_properties(props)
     devpath = props["DEVPATH"]
@@ -289,7 +290,7 @@ def device_from_uevent(props: dict[str, str], *, context: pyudev.Context, sys_ro
         devpath=devpath,
         sysname=devpath.rpartition("/")[2].replace("!", "/"),
         subsystem=props.get("SUBSYSTEM"),
-        driver=_driver(props, syspath),
+        driver=props.get("DRIVER") if gone else _driver(props, syspath),
         devtype=props.get("DEVTYPE"),
         devnode=devname,
         symlinks=tuple(links.split()) if links else (),

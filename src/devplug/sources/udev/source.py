@@ -288,7 +288,7 @@ class UdevSource:
         sys_root = self.context.sys_path
         self._parent_cache.forget(sys_root + props["DEVPATH"])
         record = device_from_uevent(props, context=self.context, sys_root=sys_root,
-                                    parent_cache=self._parent_cache)
+                                    parent_cache=self._parent_cache, gone=action in _ABSENT)
         if self.source_kind == "kernel" and action not in _ABSENT:
             # udevd's view (symlinks, ID_* properties, tags) as far as it has written it; a
             # device that is gone needs none of it.
