@@ -220,9 +220,9 @@ class Daemon:
                 built = perf_counter_ns()
                 change = self.pipeline.handle(item.device, item.action)
                 handled = perf_counter_ns()
-                self.publish(change)
-                if change:
+                if change:  # before publish: the streams send (and report it) inside publish
                     self.telemetry.mark(change, item.received_ns, built, handled)
+                self.publish(change)
                 done.append((item, change))
             elif isinstance(item, Drained):
                 if done:
