@@ -11,12 +11,14 @@ servers that come and go with kubelet restarts.
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Callable
 from typing import Optional, Protocol
 
 from google.protobuf.message import DecodeError
 
+from ..core.entries import Entry
 from ..core.view import DeviceView
 from ..lib.logs import kv
 from . import allocation, api_pb2
@@ -39,9 +41,12 @@ class KubeletObserver(Protocol):
 class DeviceList:
     """A resource's ListAndWatchResponse as kubelet gets it: encoded once per version, framed.
 
-    Each device's bytes are cached (repeated fields concatenate on the wire), so a change in
-    a resource of 1,000 devices costs a join, not a rebuild; the cache is cleared when it
-    holds far more than the live devices (replugs with new serials), so it stays bounded.
+    Each device's bytes are cached (repeated fields concatenate on the wire), and the list
+    keeps one part per entry of the snapshot it was built from: a device that did not change
+    is the same ``Entry`` object in the next snapshot, so a change in a resource of 1,000
+    devices re-encodes only the entries that are new objects and joins the parts. The chunk
+    cache is cleared when it holds far more than the live devices (replugs with new
+    serials), so it stays bounded.
     """
 
     def __init__(self, resource: str, view: DeviceView) -> None:
@@ -49,6 +54,8 @@ class DeviceList:
         self._view = view
         self._version: Optional[int] = None
         self._message = frame(b"")
+        self._entries: tuple[Entry, ...] = ()
+        self._parts: list[bytes] = []
         self._chunks: dict[tuple[str, str], bytes] = {}
 
     def current(self) -> tuple[int, bytes]:
@@ -58,8 +65,21 @@ class DeviceList:
             chunks = self._chunks
             if len(chunks) > 2 * len(entries) + 64:
                 chunks.clear()
-            self._message = frame(b"".join(
-                chunks.get((e.id, e.health)) or _device_chunk(chunks, e.id, e.health) for e in entries))
+            parts = self._parts
+            if len(entries) == len(self._entries):
+                differs = list(map(operator.is_not, entries, self._entries))  # a C loop
+                i = -1
+                while True:
+                    try:
+                        i = differs.index(True, i + 1)
+                    except ValueError:
+                        break
+                    e = entries[i]
+                    parts[i] = chunks.get((e.id, e.health)) or _device_chunk(chunks, e.id, e.health)
+            else:
+                parts = [chunks.get((e.id, e.health)) or _device_chunk(chunks, e.id, e.health) for e in entries]
+            self._entries, self._parts = entries, parts
+            self._message = frame(b"".join(parts))
             self._version = version
         return version, self._message
 
