@@ -65,6 +65,56 @@ def test_a_published_view_lists_its_snapshot():
     view.publish(view.snapshot([R]))
     inv.apply(gone("/sys/a"))  # not published yet: still listed Healthy
     version, message = lst.current()
-    assert [(d.ID, d.health) for d in api_pb2.ListAndWatchResponse.FromString(message[5:]).devices] == [("A1", "Healthy")]
+    listed = api_pb2.ListAndWatchResponse.FromString(message[5:]).devices
+    assert [(d.ID, d.health) for d in listed] == [("A1", "Healthy")]
     view.publish(view.snapshot([R]))
     assert lst.current()[1][5:] == encoded(inv)[5:] and lst.current()[0] == version + 1
+
+
+class CountingView:
+    """An Inventory that counts how often a front door reads a resource's entries."""
+
+    def __init__(self, inv: Inventory) -> None:
+        self.inv = inv
+        self.reads = 0
+
+    def apply(self, *sightings):
+        return self.inv.apply(*sightings)
+
+    def version(self, resource):
+        return self.inv.version(resource)
+
+    def entries(self, resource):
+        self.reads += 1
+        return self.inv.entries(resource)
+
+    def get(self, resource, device_id):
+        return self.inv.get(resource, device_id)
+
+
+def test_a_burst_builds_the_list_only_for_what_is_sent(plugin_dir):
+    """200 changes in one turn of the event path: the list is built for the first (written
+    at once) and for the newest (written when the event path yields), not 200 times."""
+    from tests.kubelet.kubelet_harness import Harness, run_adapter
+    from tests.kubelet_standin import Watch, blocking
+
+    from devplug.kubelet import socket_name
+
+    view = CountingView(Inventory())
+    for k in range(300):
+        view.apply(seen(f"/sys/d{k}", f"D{k:03d}"))
+
+    async def scenario(h: Harness):
+        import os
+
+        w = Watch(os.path.join(plugin_dir, socket_name(R)), R)
+        await blocking(w.wait_count, 1)
+        reads = view.reads
+        for k in range(200):
+            h.apply(gone(f"/sys/d{k}"))
+        last = await blocking(w.wait_for, lambda lst: dict(lst.devices).get("D199") == "Unhealthy")
+        assert last.devices == tuple((e.id, e.health) for e in view.inv.entries(R))
+        assert view.reads - reads <= 2 and len(w.lists) <= 3
+        w.close()
+
+    run_adapter(scenario, plugin_dir=plugin_dir, inventory=view, register=False)

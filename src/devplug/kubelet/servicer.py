@@ -134,25 +134,30 @@ class DevicePluginService:
         return len(self._watches)
 
     def notify(self) -> None:
-        """The resource may have changed: push its list to every stream now (never blocks)."""
+        """The resource may have changed: every stream writes its list now where the socket
+        takes it, later (the newest) where it does not; the list is built only to be sent."""
         if not self._watches:
             return
         woke = time.perf_counter_ns()
-        version, message = self._list.current()
-        for stream, watch in list(self._watches.items()):
-            if watch.queued != version:
-                watch.queued = version
-                stream.send(message, version, woke)
+        for stream in list(self._watches):
+            stream.changed(woke)
 
     # ---- ListAndWatch -------------------------------------------------------------------------
     def list_and_watch(self, request: bytes, stream: ServerStream) -> None:
         watch = self._watches[stream] = _Watch()
         stream.on_written = lambda version, woke_ns: self._written(watch, version, woke_ns)
         stream.on_close = lambda: self._closed(stream)
+        stream.source = lambda: self._next_list(watch)
         log.debug("stream opened", extra=kv(resource=self.resource, open=len(self._watches)))
+        stream.changed(time.perf_counter_ns())
+
+    def _next_list(self, watch: _Watch) -> tuple[int, Optional[bytes]]:
+        """The list to write on a stream now; None when it already has this version."""
         version, message = self._list.current()
+        if version == watch.queued:
+            return version, None
         watch.queued = version
-        stream.send(message, version, time.perf_counter_ns())
+        return version, message
 
     def _written(self, watch: _Watch, version: int, woke_ns: int) -> None:
         previous, watch.sent = watch.sent, version

@@ -38,6 +38,7 @@ class Limits:
 
 class _Conn(Protocol):
     def queue_message(self, stream: Stream, message: bytes, tag: Any, woke_ns: Optional[int]) -> None: ...
+    def changed(self, stream: Stream, woke_ns: Optional[int]) -> None: ...
     def finish(self, stream: Stream, code: Status, message: str = "") -> None: ...
     def drive(self, woke_ns: Optional[int] = None) -> None: ...
 
@@ -46,7 +47,7 @@ class Stream:
     """One call (one HTTP/2 stream) as a connection tracks it."""
 
     __slots__ = ("id", "method", "body", "deadline", "headers_sent", "data", "offset", "tag", "next",
-                 "next_tag", "trailers", "handle", "done", "cooling")
+                 "next_tag", "source", "dirty", "trailers", "handle", "done", "cooling")
 
     def __init__(self, stream_id: int, method: Optional[Method], body: Optional[RequestBody]) -> None:
         self.id = stream_id
@@ -60,6 +61,9 @@ class Stream:
         self.tag: Any = None
         self.next: Optional[bytes] = None
         self.next_tag: Any = None
+        #: Server streams of states: what to send is asked for only when it can go out.
+        self.source: Optional[Callable[[], tuple[Any, Optional[bytes]]]] = None
+        self.dirty = False
         self.trailers: Optional[tuple[Status, str]] = None  # to send once the data is out
         self.handle: Optional[ServerStream] = None
         self.done = False
@@ -70,19 +74,22 @@ class Stream:
     @property
     def idle(self) -> bool:
         """Nothing of this call's output waits."""
-        return self.data is None and self.next is None
+        return self.data is None and self.next is None and not self.dirty
 
 
 class ServerStream:
     """A server-streaming call as its handler keeps it.
 
-    Its messages are states: :meth:`send` replaces a message that has not started to go
-    out, so a client that reads slowly gets the newest state later, never a backlog. The
-    first message after the caller yielded is written synchronously; more in the same turn
-    (a burst) go out as one, the newest, once it yields.
+    Its messages are states. With a :attr:`source` (``() -> (tag, framed message or None)``),
+    :meth:`changed` says the state moved and the source is asked for the message only when
+    it can go out: at once if the socket and the flow-control window take it, else once they
+    do, so a client that reads slowly gets the newest state later, never a backlog, and the
+    caller builds nothing it will not send. :meth:`send` queues a ready message instead
+    (replacing one that has not started to go out). The first write after the caller yielded
+    is synchronous; more in the same turn (a burst) go out as one, the newest, once it yields.
     ``on_written(tag, woke_ns)`` is called once a message's last byte is in the kernel
-    (``woke_ns``: when the write that finished it started); ``on_close()`` once the call
-    is over, whoever ended it.
+    (``woke_ns``: when the write that finished it started); ``on_close()`` once the call is
+    over, whoever ended it.
     """
 
     __slots__ = ("_conn", "_stream", "on_written", "on_close")
@@ -96,6 +103,19 @@ class ServerStream:
     @property
     def closed(self) -> bool:
         return self._stream.done
+
+    @property
+    def source(self) -> Optional[Callable[[], tuple[Any, Optional[bytes]]]]:
+        return self._stream.source
+
+    @source.setter
+    def source(self, source: Optional[Callable[[], tuple[Any, Optional[bytes]]]]) -> None:
+        self._stream.source = source
+
+    def changed(self, woke_ns: Optional[int] = None) -> None:
+        """The state moved: write the source's message now or as soon as possible; never blocks."""
+        if not self._stream.done:
+            self._conn.changed(self._stream, woke_ns)
 
     def send(self, message: bytes, tag: Any = None, woke_ns: Optional[int] = None) -> None:
         """Write ``message`` (a framed gRPC message) now if the socket and the flow-control

@@ -268,7 +268,7 @@ class Connection(Outbound):
             return
         for stream in list(self.streams.values()):
             if stream.handle is not None:
-                stream.next = None  # the client gets a fresh list from the next server
+                stream.next, stream.dirty = None, False  # the client gets a fresh list from the next server
                 self.finish(stream, Status.OK)
         self.draining = True
         if not self.streams:

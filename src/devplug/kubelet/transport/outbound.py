@@ -80,14 +80,24 @@ class Outbound:
 
     def queue_message(self, stream: Stream, message: bytes, tag: Any, woke_ns: Optional[int],
                       drive: bool = True) -> None:
-        """A framed message for ``stream``, replacing one that has not started to go out;
-        written now unless the stream is busy or cooling (then by the writer task)."""
+        """A framed message for ``stream``, replacing one that has not started to go out."""
         stream.next, stream.next_tag = message, tag
+        if drive:
+            self.changed(stream, woke_ns)
+        elif stream.id not in self.sending:
+            self.sending[stream.id] = stream
+
+    def changed(self, stream: Stream, woke_ns: Optional[int]) -> None:
+        """``stream`` has something new: written now unless it is busy or cooling (then the
+        writer task sends the newest once the event path yields, or the socket drains)."""
+        if stream.source is not None:
+            stream.dirty = True
         if stream.id not in self.sending:
             self.sending[stream.id] = stream
-        if drive and stream.data is None and not stream.cooling:
+        if stream.data is None and not stream.cooling:
+            before = self.queued
             self.drive(woke_ns)
-            if stream.handle is not None and not stream.done:
+            if self.queued != before and stream.handle is not None and not stream.done:
                 stream.cooling = True
                 self._cooling.append(stream)
                 self._wake.set()
@@ -100,7 +110,7 @@ class Outbound:
         if stream.done:
             return
         if code != Status.OK:
-            stream.next = None
+            stream.next, stream.dirty = None, False
         if not stream.idle:
             if code == Status.OK:
                 stream.trailers = (code, message)
@@ -177,11 +187,8 @@ class Outbound:
             sid = stream.id
             try:
                 while True:
-                    if stream.data is None:
-                        if stream.next is None:
-                            break
-                        stream.data, stream.tag, stream.next = memoryview(stream.next), stream.next_tag, None
-                        stream.offset = 0
+                    if stream.data is None and not self._start(stream):
+                        break
                     if len(self.out) >= self.limits.out_high:
                         return True
                     room = min(h2conn.local_flow_control_window(sid), frame_size)
@@ -204,6 +211,21 @@ class Outbound:
             except h2.exceptions.StreamClosedError:  # reset by the client in data not read yet
                 self._forget(stream)
         return False
+
+    def _start(self, stream: Stream) -> bool:
+        """Take the stream's next message to write: a queued one, else its source's newest."""
+        if stream.next is not None:
+            stream.data, stream.tag, stream.next = memoryview(stream.next), stream.next_tag, None
+        elif stream.dirty and stream.source is not None:
+            stream.dirty = False
+            tag, message = stream.source()
+            if message is None:
+                return False
+            stream.data, stream.tag = memoryview(message), tag
+        else:
+            return False
+        stream.offset = 0
+        return True
 
     def _confirm(self, woke_ns: int) -> None:
         marks = self._written_marks
