@@ -1,6 +1,6 @@
 """Allocate and GetPreferredAllocation latency with 1,000 devices in one resource.
 
-The plugin (the real KubeletAdapter on trio + trio-asyncio + grpc.aio) runs in a child
+The plugin (the real KubeletAdapter: trio and devplug's h2 transport) runs in a child
 process; this process plays kubelet with gRPC's synchronous client over the unix socket,
 one call at a time, and measures each call's round trip; GetDevicePluginOptions, which
 does no work, is the floor of the same run. Prints JSON, then a table.

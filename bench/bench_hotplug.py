@@ -13,14 +13,15 @@ Timestamps are CLOCK_MONOTONIC (``time.perf_counter_ns``) in every process.
 ``--held N`` first hot-adds N zram block devices claimed by a second resource, so the
 figures show the cost with a large inventory (they are removed afterwards, also on Ctrl-C).
 With 0 held, a second floor follows: the transport floor, a bare process on the same stack
-(trio + trio-asyncio + grpc.aio + pyudev) that only flips one device's health on each tty20
-uevent and writes it on a ListAndWatch stream to the same receiver; the gap between it and
-devplug is devplug's own logic.
+(trio + devplug's h2 transport + pyudev; ``--stream-floor grpc``: the old stack, trio +
+trio-asyncio + grpc.aio) that only flips one device's health on each tty20 uevent and
+writes it on a ListAndWatch stream to the same receiver; the gap between it and devplug is
+devplug's own logic.
 With ``--same-resource`` they are claimed by tty20's resource instead: every flip then
 changes a resource of N+1 devices (the worst case for rebuilding the list kubelet gets).
 
     python bench/bench_hotplug.py [--samples 300] [--sources kernel,udev] [--held 0] [--same-resource]
-                                  [--receiver auto|go|python|go,python]
+                                  [--receiver auto|go|python|go,python] [--stream-floor h2|grpc|none]
 Needs root. Prints one JSON object, then a table.
 """
 
@@ -98,9 +99,43 @@ def flips(watch: LineWatch, samples: int) -> tuple[list[float], list[tuple[str, 
     return latencies, sent
 
 
-#: The transport floor: the same stack (trio + trio-asyncio + grpc.aio + pyudev) doing
-#: nothing but flipping one device's health on each tty20 uevent and writing it on the stream.
-STREAM_FLOOR = r"""
+#: The transport floor: devplug's stack (trio + its h2 transport + pyudev) doing nothing but
+#: flipping one device's health on each tty20 uevent and writing it on every stream.
+H2_FLOOR = r"""
+import functools, sys, trio, pyudev
+from devplug.kubelet import api_pb2
+from devplug.kubelet.transport import Method, Server, frame, listen
+source, path, dev_id = sys.argv[1:4]
+health = ["Healthy"]
+streams = set()
+def current():
+    return frame(api_pb2.ListAndWatchResponse(devices=[api_pb2.Device(ID=dev_id, health=health[0])]).SerializeToString())
+def list_and_watch(request, stream):
+    streams.add(stream)
+    stream.on_close = lambda: streams.discard(stream)
+    stream.send(current())
+async def main():
+    server = Server({b"/v1beta1.DevicePlugin/ListAndWatch": Method(stream=list_and_watch)})
+    listener = listen(path)
+    mon = pyudev.Monitor.from_netlink(pyudev.Context(), source=source)
+    mon.filter_by("tty")
+    mon.start()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(server.serve, listener, grace=0.5))
+        print("ready", flush=True)
+        while True:
+            await trio.lowlevel.wait_readable(mon.fileno())
+            while (dev := mon.poll(0)) is not None:
+                if dev.sys_name == "tty20":
+                    health[0] = "Unhealthy" if dev.action == "remove" else "Healthy"
+                    message = current()
+                    for stream in list(streams):
+                        stream.send(message)
+trio.run(main)
+"""
+
+#: The previous stack's transport floor (trio + trio-asyncio + grpc.aio + pyudev).
+GRPC_FLOOR = r"""
 import asyncio, sys, trio, trio_asyncio, pyudev
 from devplug.kubelet import api_pb2, api_pb2_grpc
 source, path, dev_id = sys.argv[1:4]
@@ -138,10 +173,13 @@ trio.run(main)
 """
 
 
-def stream_floor(source: str, samples: int, workdir: Path, receiver: str) -> dict:
-    sock = str(workdir / f"floor-{source}-{receiver}.sock")
+FLOOR_STACKS = {"h2": ("h2 on trio", H2_FLOOR), "grpc": ("trio-asyncio + grpc.aio", GRPC_FLOOR)}
+
+
+def stream_floor(source: str, samples: int, workdir: Path, receiver: str, stack: str = "h2") -> dict:
+    sock = str(workdir / f"floor-{source}-{receiver}-{stack}.sock")
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.Popen([sys.executable, "-c", STREAM_FLOOR, source, sock, DEV_ID], env=env,
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_STACKS[stack][1], source, sock, DEV_ID], env=env,
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -156,7 +194,8 @@ def stream_floor(source: str, samples: int, workdir: Path, receiver: str) -> dic
     finally:
         proc.terminate()
         proc.wait(5)
-    return {**summary(latencies), "receiver_cpu_us_per_list": round(cpu / len(latencies) * 1e6)}
+    return {**summary(latencies), "receiver_cpu_us_per_list": round(cpu / len(latencies) * 1e6),
+            "stack": FLOOR_STACKS[stack][0]}
 
 
 def stage_breakdown(sock: str) -> dict | None:
@@ -247,8 +286,10 @@ def main() -> None:
     ap.add_argument("--held", default="0", help="comma-separated counts of other devices held (zram)")
     ap.add_argument("--same-resource", action="store_true",
                     help="held devices share tty20's resource (each flip resends a list of N+1 devices)")
-    ap.add_argument("--no-stream-floor", action="store_true",
-                    help="skip the transport floor (bare trio-asyncio + grpc.aio stream, same uevents)")
+    ap.add_argument("--stream-floor", default="h2", choices=("h2", "grpc", "none"),
+                    help="the transport floor's stack: h2 (devplug's, the default), grpc (trio-asyncio + grpc.aio, "
+                         "the previous one), none")
+    ap.add_argument("--no-stream-floor", action="store_true", help="same as --stream-floor none")
     ap.add_argument("--receiver", default="auto",
                     help="kubelet end: go (bench/gokubelet), python (tests/kubelet_standin.py), both as "
                          "go,python; auto = go when it is built or buildable, else python")
@@ -272,8 +313,8 @@ def main() -> None:
                         ensure_udevd()
                     for kind in kinds:
                         r = run_source(source, args.samples, held, Path(tmp), args.same_resource and held > 0, kind)
-                        if not held and not args.no_stream_floor:
-                            r["stream_floor"] = stream_floor(source, args.samples, Path(tmp), kind)
+                        if not held and not args.no_stream_floor and args.stream_floor != "none":
+                            r["stream_floor"] = stream_floor(source, args.samples, Path(tmp), kind, args.stream_floor)
                             r["ratio_p50_stream_floor"] = round(r["devplug"]["p50_ms"] / r["stream_floor"]["p50_ms"], 2)
                         results.append(r)
     report = {"benchmark": "hotplug_latency", "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
@@ -302,7 +343,7 @@ def table(results: list[dict]) -> str:
     for r in results:
         f = r.get("stream_floor")
         if f:
-            lines.append(f"{r['source']:<8} {r.get('receiver', '?'):<6} transport floor (trio-asyncio + grpc.aio, one "
+            lines.append(f"{r['source']:<8} {r.get('receiver', '?'):<6} transport floor ({f.get('stack', 'grpc.aio')}, one "
                          f"device, same uevents): p50 {f['p50_ms']:.3f} p99 {f['p99_ms']:.3f} max {f['max_ms']:.3f} ms; "
                          f"devplug/floor p50 {r['ratio_p50_stream_floor']}; receiver CPU {f['receiver_cpu_us_per_list']} µs/list")
     staged = [r for r in results if (r.get("stages") or {}).get("count")]
@@ -316,7 +357,7 @@ def table(results: list[dict]) -> str:
             lines.append(f"  {r['source']:<8} held {held:>6}: " + "  ".join(f"{p50[n]:>6.1f}" for n in names)
                          + f"   = {p50['total']:.1f} (p99 {r['stages']['p99_us']['total']:.1f})")
     lines.append("(ratio: devplug p50 / bare pyudev monitor p50 on the same uevents; in devplug: mean time from "
-                 "devplug reading the uevent until its grpc.aio stream write completed, from its /metrics; recv cpu: "
+                 "devplug reading the uevent until its list was written to the socket, from its /metrics; recv cpu: "
                  "CPU time the receiver process used per list received, which it takes from devplug's 2 cores)")
     if any(r.get("same_resource") for r in results):
         lines.append("(* held devices in tty20's own resource)")

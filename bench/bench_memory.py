@@ -10,8 +10,11 @@ VmRSS (and the peak, VmHWM) from /proc/<pid>/status:
   (``change``/``add`` written to /sys/class/tty/tty2N/uevent, N=0..9; never ttyS0) as fast
   as possible; measured once the daemon's ``devplug_uevents_total`` counted all of them.
 
-The floor: a bare ``python`` with trio, trio_asyncio, grpc and pyudev imported and one
-grpc.aio server serving on a unix socket under trio-asyncio.
+The floor: a bare ``python`` with what devplug runs on imported (trio, trio_asyncio, grpc
+for Register, protobuf, h2, pyudev) and one server of devplug's h2 transport serving on a
+unix socket under trio. Two more floors for comparison: the previous stack (a grpc.aio
+server under trio-asyncio, the floor before the h2 transport) and the h2 transport alone,
+without grpc and trio_asyncio imported (what dropping grpcio from the runtime would give).
 
     python bench/bench_memory.py [--devices 1000] [--uevents 2000] [--source kernel]
 Needs root. Prints one JSON object, then a table. Every zram device created is removed.
@@ -20,6 +23,7 @@ Needs root. Prints one JSON object, then a table. Every zram device created is r
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,7 +35,22 @@ from benchlib import (Daemon, ZramPool, emit, interrupt_on_sigterm, machine, mib
                       status_kib, uevents_total, wait_http)
 from tests.kubelet_standin import KubeletStandin
 
-FLOOR = r"""
+#: Each floor script binds sys.argv[1], prints "ready" and sleeps.
+FLOORS = {
+    "floor": r"""
+import functools, sys, trio, trio_asyncio, grpc, grpc.aio, pyudev
+from devplug.kubelet import api_pb2
+from devplug.kubelet.transport import Server, listen
+pyudev.Context()
+async def main():
+    async with trio_asyncio.open_loop():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(Server({}).serve, listen(sys.argv[1]), grace=0.1))
+            print("ready", flush=True)
+            await trio.sleep_forever()
+trio.run(main)
+""",
+    "grpc_aio_server": r"""
 import sys, trio, trio_asyncio, grpc, grpc.aio, pyudev
 pyudev.Context()
 async def serve():
@@ -45,15 +64,36 @@ async def main():
         print("ready", flush=True)
         await trio.sleep_forever()
 trio.run(main)
-"""
+""",
+    "h2_without_grpc": r"""
+import functools, os, sys, types, trio, pyudev
+import devplug
+# Skip devplug.kubelet's __init__ (it imports the Register client, hence grpc).
+pkg = types.ModuleType("devplug.kubelet")
+pkg.__path__ = [os.path.join(devplug.__path__[0], "kubelet")]
+sys.modules["devplug.kubelet"] = pkg
+from devplug.kubelet import api_pb2
+from devplug.kubelet.transport import Server, listen
+assert "grpc" not in sys.modules and "trio_asyncio" not in sys.modules
+pyudev.Context()
+async def main():
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(Server({}).serve, listen(sys.argv[1]), grace=0.1))
+        print("ready", flush=True)
+        await trio.sleep_forever()
+trio.run(main)
+""",
+}
 
 
-def floor(tmp: Path, settle_s: float) -> dict:
-    proc = subprocess.Popen([sys.executable, "-c", FLOOR, str(tmp / "floor.sock")], stdout=subprocess.PIPE, text=True)
+def floor(tmp: Path, settle_s: float, name: str = "floor") -> dict:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    proc = subprocess.Popen([sys.executable, "-c", FLOORS[name], str(tmp / f"{name}.sock")], stdout=subprocess.PIPE,
+                            text=True, env=env)
     try:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("floor process did not start")
+            raise RuntimeError(f"floor process {name} did not start")
         time.sleep(settle_s)
         m = status_kib(proc.pid)
     finally:
@@ -127,6 +167,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="devplug-mem-") as tmpdir:
         tmp = Path(tmpdir)
         results = {"floor": floor(tmp, args.settle)}
+        results["other_floors"] = {name: floor(tmp, args.settle, name) for name in FLOORS if name != "floor"}
         results["idle"] = scenario("idle", tmp, None, args.source, args.settle)
         with ZramPool() as pool:
             pool.add(args.devices)
@@ -147,6 +188,8 @@ def main() -> None:
         r = results[key]
         lines.append(f"{key:<14} {r['devices_held']:>5} {r['rss_mib']:>8} {r['peak_mib']:>9} {goals[key]:>5} "
                      f"{round(r['rss_mib'] - fl, 1):>+11}")
+    for name, r in results["other_floors"].items():
+        lines.append(f"{'(' + name + ')':<20} {r['rss_mib']:>8} {r['peak_mib']:>9}")
     b = results["uevent_burst"]
     lines.append(f"burst: {b['uevents']} uevents written in {b['write_s']} s, all counted by devplug after "
                  f"{b['all_counted_s']} s; RSS before the burst {b['rss_before_burst_mib']} MiB")

@@ -1,8 +1,9 @@
 """How often the device plugin process wakes up while nothing happens.
 
-Runs the kubelet adapter (one resource, registered with the kubelet stand-in in another
-process, one ListAndWatch stream open) in a child process, lets it settle, then counts
-context switches of each of its threads over a window. Prints JSON.
+Runs the kubelet adapter (one resource on the h2 transport, registered with the kubelet
+stand-in in another process through grpc.aio, one ListAndWatch stream open) in a child
+process, lets it settle, then counts context switches of each of its threads over a window.
+``--server-options`` now only reaches the Register channel. Prints JSON.
 
     PYTHONPATH=src python bench/idle_wakeups.py [--seconds 10] [--windows N] [--server-options JSON]
         [--env KEY=VALUE ...]
@@ -26,10 +27,8 @@ from devplug.core.inventory import Inventory, Sighting
 from devplug.core.rules.model import Claim
 import devplug.kubelet.adapter as adapter_mod
 import devplug.kubelet.registration as registration_mod
-import devplug.kubelet.servicer as servicer_mod
 opts = json.loads(sys.argv[2])
 if opts is not None:
-    servicer_mod.SERVER_OPTIONS = [tuple(o) for o in opts]
     registration_mod.CHANNEL_OPTIONS = [tuple(o) for o in opts]
 R = "devplug.io/serial"
 inv = Inventory()
@@ -67,7 +66,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--settle", type=float, default=2.0)
     ap.add_argument("--windows", type=int, default=1, help="also report the rate per sub-window")
-    ap.add_argument("--server-options", default="null", help="JSON list of [key, value] gRPC args")
+    ap.add_argument("--server-options", default="null", help="JSON list of [key, value] gRPC channel args")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the plugin process")
     args = ap.parse_args()
 

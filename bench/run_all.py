@@ -131,13 +131,14 @@ def rows_hotplug(r: dict) -> list[Row]:
                     _ratio(d["p50_ms"], f.get("p50_ms"))))
         sf = x.get("stream_floor")
         if sf:
-            out.append((f"  same, vs the transport floor (bare trio-asyncio + grpc.aio stream, {x['source']}, {recv})",
+            stack = sf.get("stack", "trio-asyncio + grpc.aio")  # runs before the h2 transport: grpc.aio
+            out.append((f"  same, vs the transport floor (bare {stack} stream, {x['source']}, {recv})",
                         f"{d['p50_ms']:.3f} / {d['p99_ms']:.3f} / {d['max_ms']:.3f} ms", "",
                         f"{sf['p50_ms']:.3f} / {sf['p99_ms']:.3f} / {sf['max_ms']:.3f} ms",
                         _ratio(d["p50_ms"], sf["p50_ms"])))
         inner = x.get("internal")
         if inner:
-            out.append((f"  devplug's own span: uevent read → stream write completed (mean, {x['source']})",
+            out.append((f"  devplug's own span: uevent read → list written (mean, {x['source']})",
                         f"{inner['received_to_sent_mean_ms']:.3f} ms", "", "", ""))
     return out
 

@@ -266,3 +266,29 @@ async def _get_json(sock: str, path: str) -> dict:
     while chunk := await stream.receive_some():
         data += chunk
     return json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+
+@pytest.mark.parametrize("cdi", [False, True])
+@pytest.mark.trio
+async def test_every_uevent_sent_to_kubelet_is_timed_by_stage(setup, cdi):
+    """The streams send inside ``publish`` (synchronously, on the event path), so the
+    uevent's stage marks must be taken before it, or ``/stages`` stays empty."""
+    config, _rules, plugins = setup
+    if not cdi:
+        config = attrs.evolve(config, cdi_spec_dir=None)
+    a, b = usb_tty(0, "A1"), usb_tty(1, "B2")
+    source = FakeSource([a], "test")
+    with KubeletStandin(str(plugins), auto_watch=True) as kubelet:
+
+        async def scenario(daemon: Daemon):
+            w = await blocking(kubelet.wait_watch, R)
+            await blocking(w.wait_count, 1)
+            for n, change in enumerate((lambda: source.plug(b), lambda: source.unplug(a)), start=2):
+                change()
+                await blocking(w.wait_count, n)
+                await until(lambda n=n: daemon.telemetry.stage_summary()["count"] == n - 1)
+            stages = daemon.telemetry.stage_summary()
+            assert set(stages["p50_us"]) == {*stages["stages"], "total"}
+            assert all(v >= 0 for v in stages["p50_us"].values())
+
+        await run_daemon(config, source, scenario)

@@ -455,6 +455,8 @@ def test_telemetry_hooks(plugin_dir):
 
         async def scenario(h: Harness):
             await blocking(kubelet.wait_registration, R)
+            # kubelet has the call; the plugin records the answer when it gets it.
+            await h.until(lambda: h.adapter.status()[R].registered)
             w = kubelet.watch(R)
             await blocking(w.wait_count, 1)
             v = inv.version(R)

@@ -143,24 +143,24 @@ def test_generated_service_module_imports_inside_the_package():
 
 
 def test_hand_registered_handlers_cover_the_service_and_encode_like_protobuf():
-    """servicer._add_servicer replaces the generated registration (to send pre-encoded lists)."""
+    """The h2 server's method table (servicer.DevicePluginService.methods) is written by hand,
+    not generated: it must cover the service, stream exactly where the proto streams, and the
+    pre-encoded lists it sends must be what protobuf encodes."""
+    from devplug.core.inventory import Inventory
     from devplug.kubelet import servicer as sv
+    from devplug.kubelet.transport import frame
 
-    class Recorder:
-        def add_generic_rpc_handlers(self, handlers):
-            self.generic = handlers
-
-        def add_registered_method_handlers(self, service, handlers):
-            self.service, self.handlers = service, handlers
-
-    rec = Recorder()
-    sv._add_servicer(sv.DevicePluginServicer.__new__(sv.DevicePluginServicer), rec)
-    methods = {m.name for m in api_pb2.DESCRIPTOR.services_by_name["DevicePlugin"].methods}
-    assert rec.service == "v1beta1.DevicePlugin" and set(rec.handlers) == methods
+    service = sv.DevicePluginService("devplug.io/x", Inventory())
+    sd = api_pb2.DESCRIPTOR.services_by_name["DevicePlugin"]
+    assert sv.SERVICE == sd.full_name == "v1beta1.DevicePlugin"
+    assert set(service.methods) == {f"/{sd.full_name}/{m.name}".encode() for m in sd.methods}
+    for m in sd.methods:
+        method = service.methods[f"/{sd.full_name}/{m.name}".encode()]
+        assert (method.stream is not None, method.unary is not None) == (m.server_streaming, not m.server_streaming)
     cache: dict = {}
     devices = [("a", "Healthy"), ("b-1", "Unhealthy"), ("a", "Healthy")]
     joined = b"".join(sv._device_chunk(cache, i, h) for i, h in devices)
     want = api_pb2.ListAndWatchResponse(devices=[api_pb2.Device(ID=i, health=h) for i, h in devices])
     assert joined == want.SerializeToString()
     assert api_pb2.ListAndWatchResponse.FromString(joined) == want
-    assert sv._serialize_list(want) == joined
+    assert service._list.current() == (0, frame(b""))  # an empty resource lists no device

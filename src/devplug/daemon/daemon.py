@@ -209,10 +209,11 @@ class Daemon:
             done.set()
 
     async def _consume_events(self) -> None:
-        """Fold events in as they are read. Nothing checkpoints between the events of one
-        wake-up, so a burst reaches each stream as one message with the final state; once
-        the queue is drained the streams write first, and only then is the batch logged and
-        counted (off the path from uevent to kubelet)."""
+        """Fold events in as they are read. The first change a stream gets is written inside
+        ``publish``; nothing checkpoints between the events of one wake-up, so the rest of a
+        burst reaches it as one more message with the final state, written once the queue is
+        drained; only then is the batch logged and counted (off the path from uevent to
+        kubelet)."""
         assert self.source is not None
         done: list[tuple[DeviceEvent, Change]] = []
         async for item in self.source.events():
@@ -220,9 +221,9 @@ class Daemon:
                 built = perf_counter_ns()
                 change = self.pipeline.handle(item.device, item.action)
                 handled = perf_counter_ns()
-                self.publish(change)
-                if change:
+                if change:  # before publish: the streams send (and report it) inside publish
                     self.telemetry.mark(change, item.received_ns, built, handled)
+                self.publish(change)
                 done.append((item, change))
             elif isinstance(item, Drained):
                 if done:

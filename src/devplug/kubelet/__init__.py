@@ -2,8 +2,9 @@
 
 ``adapter`` (every resource's plugin, the plugin-directory watch and lock), ``plugin``
 (one resource's serve → register → wait → tear down loop), ``registration``,
-``servicer`` (the gRPC service of one resource), ``allocation`` (what Allocate and
-friends answer), and the generated ``api_pb2``/``api_pb2_grpc``.
+``servicer`` (the DevicePlugin service of one resource), ``transport`` (the gRPC server:
+HTTP/2 on trio, written on h2), ``allocation`` (what Allocate and friends answer), and the
+generated ``api_pb2``/``api_pb2_grpc``.
 """
 
 from .adapter import KubeletAdapter, PluginDirBusy, ResourceStatus

@@ -1,10 +1,11 @@
 """The kubelet front door: every resource's plugin, the plugin-directory watch, the lock.
 
-The trio side owns lifetimes: one task per resource (``plugin.run``) plus one inotify
-watcher on the plugin directory; gRPC runs on the asyncio loop that
-``devplug.lib.aio.open_loop()`` provides (trio_asyncio). Everything is event-driven: kubelet restarts are
-seen through inotify (kubelet deletes every socket there and recreates ``kubelet.sock``),
-and the only timers are retry backoffs while kubelet refuses or a socket cannot be bound.
+Everything runs on trio: one task per resource (``plugin.run``, its gRPC server on the h2
+transport) plus one inotify watcher on the plugin directory; only the Register call uses
+grpc.aio, on the asyncio loop that ``devplug.lib.aio.open_loop()`` provides (trio_asyncio).
+Everything is event-driven: kubelet restarts are seen through inotify (kubelet deletes every
+socket there and recreates ``kubelet.sock``), and the only timers are retry backoffs while
+kubelet refuses or a socket cannot be bound (and the deadlines of calls that carry one).
 
 Two devplugs on one plugin directory would delete each other's sockets forever, so
 :meth:`KubeletAdapter.run` first takes an exclusive ``flock`` on the directory itself (a
@@ -32,7 +33,7 @@ from ..core.view import DeviceView
 from ..lib.inotify import Event, Inotify, Mask
 from ..lib.logs import kv
 from . import plugin
-from .plugin import ResourcePlugin, Shared, socket_name
+from .plugin import ResourcePlugin, Shared, new_plugin
 from .registration import KUBELET_SOCKET, Broadcast, file_identity
 from .servicer import KubeletObserver
 
@@ -139,16 +140,17 @@ class KubeletAdapter:
             self._reconcile()
 
     def notify(self, change: Change) -> None:
-        """Wake the ListAndWatch streams of the changed resources (never blocks)."""
+        """Send the changed resources' lists on their ListAndWatch streams, now where the
+        sockets take them, later (the newest list only) where they do not; never blocks."""
         for name in change.resources:
             p = self._plugins.get(name)
             if p is not None:
-                p.pulse.fire()
+                p.service.notify()
 
     def status(self) -> dict[str, ResourceStatus]:
         return {
             name: ResourceStatus(resource=name, socket=p.path, serving=p.serving, registered=p.registered,
-                                 streams=p.streams.open, last_error=p.last_error,
+                                 streams=p.service.streams, last_error=p.last_error,
                                  registrations=p.registrations, restarts=p.restarts,
                                  registered_at=p.registered_at)
             for name, p in sorted(self._plugins.items())
@@ -194,7 +196,7 @@ class KubeletAdapter:
             self._plugins.pop(name).scope.cancel()
         started = []
         for name in sorted(self._wanted - set(self._plugins)):
-            p = self._plugins[name] = ResourcePlugin(name, os.path.join(self.plugin_dir, socket_name(name)))
+            p = self._plugins[name] = new_plugin(name, self._shared)
             self._nursery.start_soon(plugin.run, p, self._shared)
             started.append(p)
         return started

@@ -3,20 +3,23 @@
 Each resource runs :func:`run` in its own task. One pass of the loop serves a fresh
 socket, keeps it registered with whichever kubelet is current, and waits until the
 socket is no longer ours (kubelet restarts delete every socket in the plugin directory,
-and the directory itself may be removed); then it tears the server down and starts
-over. Cancellation is the only way to stop it, and tearing down always runs.
+and the directory itself may be removed); then it stops the server (GOAWAY, OK trailers on
+every stream) and starts over. Cancellation is the only way to stop it, and tearing down
+always runs.
 
-Expected failures are handled by name: a socket that cannot be bound (:class:`BindError`,
-``OSError`` from the directory) is retried with backoff; a kubelet that is absent is
-waited for (inotify on the plugin directory fires :attr:`Shared.kubelet`); a kubelet
-that refuses Register (``grpc.aio.AioRpcError``) is retried with backoff. Anything else
-is a bug and propagates.
+Expected failures are handled by name: a socket path that cannot be bound (``OSError``:
+taken by a directory, the directory gone or read-only) is retried with backoff; a kubelet
+that is absent is waited for (inotify on the plugin directory fires :attr:`Shared.kubelet`);
+a kubelet that refuses Register (``grpc.aio.AioRpcError``) is retried with backoff.
+Anything else is a bug and propagates.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Optional
@@ -24,22 +27,23 @@ from typing import Optional
 import attrs
 import grpc
 import trio
-import trio_asyncio
 
 from ..core.inventory import Entry
 from ..core.view import DeviceView
 from ..lib.logs import kv
-from . import api_pb2
+from . import api_pb2, transport
 from .registration import API_VERSION, Broadcast, FileIdentity, file_identity, register
-from .servicer import BindError, DevicePluginServicer, KubeletObserver, Pulse, StreamCounter, start_server
+from .servicer import DevicePluginService, KubeletObserver
 
 log = logging.getLogger("devplug.kubelet")
 
 #: Retry waits (seconds): first, cap. Only refusals and bind failures wait on a timer.
 BACKOFF_INITIAL = 0.1
 BACKOFF_CAP = 10.0
-#: How long in-flight unary calls may finish when a server stops (streams end at once).
+#: How long calls in flight may finish when a server stops (streams end at once).
 STOP_GRACE = 0.5
+#: Per-socket limits of the gRPC server (message size, calls, connections, buffered bytes).
+LIMITS = transport.Limits()
 
 
 def socket_name(resource: str) -> str:
@@ -71,14 +75,15 @@ class ResourcePlugin:
 
     resource: str
     path: str
-    pulse: Pulse = attrs.field(factory=Pulse)
-    streams: StreamCounter = attrs.field(factory=StreamCounter)
+    #: The DevicePlugin service: its ListAndWatch streams, pushed to by ``notify``.
+    service: DevicePluginService
     #: Fired when the socket vanished or the plugin directory was recreated.
     restart: Broadcast = attrs.field(factory=Broadcast)
     #: Set once the first attempt to serve has finished (served or failed).
     first_attempt: trio.Event = attrs.field(factory=trio.Event)
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     inode: Optional[FileIdentity] = None  # the socket file we bound, while serving
+    server: Optional[transport.Server] = None  # while serving
     registered: bool = False
     registered_at: Optional[float] = None
     registrations: int = 0
@@ -91,6 +96,12 @@ class ResourcePlugin:
 
     def socket_is_ours(self) -> bool:
         return self.inode is not None and file_identity(self.path) == self.inode
+
+
+def new_plugin(resource: str, shared: Shared) -> ResourcePlugin:
+    service = DevicePluginService(resource, shared.inventory, pre_start_check=shared.pre_start_check,
+                                  cdi=shared.cdi, telemetry=shared.telemetry)
+    return ResourcePlugin(resource, os.path.join(shared.plugin_dir, socket_name(resource)), service)
 
 
 def _unlink(path: str) -> None:
@@ -107,61 +118,52 @@ async def run(p: ResourcePlugin, shared: Shared) -> None:
         while True:
             shared.ensure_dir()
             seen = p.restart.gen
-            served = await _serve(p, shared)
+            listener = _bind(p)
             p.first_attempt.set()
-            if served is None:
+            if listener is None:
                 with trio.move_on_after(backoff):
                     await p.restart.wait(seen)
                 backoff = min(backoff * 2, BACKOFF_CAP)
                 continue
             backoff = BACKOFF_INITIAL
-            server, servicer = served
             try:
                 async with trio.open_nursery() as nursery:
+                    server = p.server = transport.Server(p.service.methods, LIMITS)
+                    nursery.start_soon(functools.partial(server.serve, listener, grace=STOP_GRACE))
                     if shared.register:
                         nursery.start_soon(_keep_registered, p, shared)
                     # kubelet may have deleted the fresh socket while it was being bound.
                     if p.socket_is_ours():
                         await p.restart.wait(seen)
-                    nursery.cancel_scope.cancel()
+                    nursery.cancel_scope.cancel()  # the server stops gracefully in its finally
             finally:
-                with trio.CancelScope(shield=True):
-                    await _stop(p, server, servicer)
+                _forget_socket(p)
             p.restarts += 1
             log.info("socket gone; serving again", extra=kv(resource=p.resource, socket=p.path))
 
 
-async def _serve(p: ResourcePlugin, shared: Shared) -> Optional[tuple[grpc.aio.Server, DevicePluginServicer]]:
-    """A server on a fresh socket, or None after logging why it cannot bind."""
-    servicer = DevicePluginServicer(
-        p.resource, shared.inventory, p.pulse, p.streams,
-        pre_start_check=shared.pre_start_check, cdi=shared.cdi, telemetry=shared.telemetry,
-    )
+def _bind(p: ResourcePlugin) -> Optional[socket.socket]:
+    """A listening socket at ``p.path``, or None after logging why it cannot be bound."""
     try:
         _unlink(p.path)  # stale from a crashed run, or deleted under us meanwhile
-        # Never cancelled half-way: grpc's serving loop would then fail on its own, later.
-        with trio.CancelScope(shield=True):
-            server = await trio_asyncio.aio_as_trio(start_server)(servicer, p.path)
-    except (BindError, OSError) as exc:
+        listener = transport.listen(p.path)
+    except OSError as exc:
         p.last_error = f"serve {p.path}: {exc}"
         log.error("cannot serve", extra=kv(resource=p.resource, error=p.last_error))
         return None
     p.inode = file_identity(p.path)
     log.info("serving", extra=kv(resource=p.resource, socket=p.path))
-    return server, servicer
+    return listener
 
 
-async def _stop(p: ResourcePlugin, server: grpc.aio.Server, servicer: DevicePluginServicer) -> None:
+def _forget_socket(p: ResourcePlugin) -> None:
+    """The server has stopped: not serving, not registered, and our socket file removed
+    (never a successor's: a kubelet restart may have put another file there)."""
     ours = p.socket_is_ours()
     p.inode = None
+    p.server = None
     p.registered = False
-    servicer.close()
-    try:
-        await trio_asyncio.aio_as_trio(server.stop)(STOP_GRACE)
-    except RuntimeError as exc:  # the asyncio loop is closing under us (shutdown)
-        log.warning("server stop failed", extra=kv(resource=p.resource, error=repr(exc)))
     if ours:
-        # grpc removes the socket when it stops; make sure, but never a successor's file.
         _unlink(p.path)
 
 

@@ -1,26 +1,32 @@
-"""The DevicePlugin gRPC service of one resource (runs on the asyncio side of trio-asyncio).
+"""The DevicePlugin service of one resource: what each call answers, and the lists it pushes.
 
-Streams never copy state: each ListAndWatch stream remembers the inventory version it
-last sent and waits on a :class:`Pulse`; when woken it sends the *current* list if the
-version moved. So the event path only flips an event (it never waits for a stream), a slow
-stream skips straight to the latest list, and an idle stream costs nothing.
+ListAndWatch streams are pushed to, not woken: :meth:`DevicePluginService.notify` runs on
+the event path right after a change and hands the resource's current list, pre-encoded, to
+every open stream, which writes it at once when the socket and the flow-control window
+allow (``transport``). A stream that cannot take it now gets the newest list later, never a
+backlog; the event path never waits for a stream. One service per resource outlives the
+servers that come and go with kubelet restarts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import operator
 import time
+from collections.abc import Callable
 from typing import Optional, Protocol
 
-import grpc
+from google.protobuf.message import DecodeError
 
+from ..core.entries import Entry
 from ..core.view import DeviceView
 from ..lib.logs import kv
-from . import allocation, api_pb2, api_pb2_grpc
-from .grpc_options import SERVER_OPTIONS
+from . import allocation, api_pb2
+from .transport import Method, RpcError, ServerStream, Status, frame
 
 log = logging.getLogger("devplug.kubelet")
+
+SERVICE = "v1beta1.DevicePlugin"
 
 
 class KubeletObserver(Protocol):
@@ -32,200 +38,204 @@ class KubeletObserver(Protocol):
     def on_allocate(self, resource: str, result: str) -> None: ...
 
 
-class Pulse:
-    """Wakes every waiting stream at once. ``fire`` is synchronous and never blocks, so trio
-    code (same thread, same loop under trio-asyncio) can call it from the event path."""
+class DeviceList:
+    """A resource's ListAndWatchResponse as kubelet gets it: encoded once per version, framed.
+
+    Each device's bytes are cached (repeated fields concatenate on the wire), and the list
+    keeps one part per entry of the snapshot it was built from: a device that did not change
+    is the same ``Entry`` object in the next snapshot, so a change in a resource of 1,000
+    devices re-encodes only the entries that are new objects and joins the parts. The chunk
+    cache is cleared when it holds far more than the live devices (replugs with new
+    serials), so it stays bounded.
+    """
+
+    def __init__(self, resource: str, view: DeviceView) -> None:
+        self.resource = resource
+        self._view = view
+        self._version: Optional[int] = None
+        self._message = frame(b"")
+        self._entries: tuple[Entry, ...] = ()
+        self._parts: list[bytes] = []
+        self._chunks: dict[tuple[str, str], bytes] = {}
+
+    def current(self) -> tuple[int, bytes]:
+        version = self._view.version(self.resource)
+        if version != self._version:
+            entries = self._view.entries(self.resource)
+            chunks = self._chunks
+            if len(chunks) > 2 * len(entries) + 64:
+                chunks.clear()
+            parts = self._parts
+            if len(entries) == len(self._entries):
+                differs = list(map(operator.is_not, entries, self._entries))  # a C loop
+                i = -1
+                while True:
+                    try:
+                        i = differs.index(True, i + 1)
+                    except ValueError:
+                        break
+                    e = entries[i]
+                    parts[i] = chunks.get((e.id, e.health)) or _device_chunk(chunks, e.id, e.health)
+            else:
+                parts = [chunks.get((e.id, e.health)) or _device_chunk(chunks, e.id, e.health) for e in entries]
+            self._entries, self._parts = entries, parts
+            self._message = frame(b"".join(parts))
+            self._version = version
+        return version, self._message
+
+
+def _device_chunk(cache: dict[tuple[str, str], bytes], device_id: str, health: str) -> bytes:
+    """One ``devices`` element of ListAndWatchResponse on the wire."""
+    chunk = api_pb2.ListAndWatchResponse(devices=[api_pb2.Device(ID=device_id, health=health)]).SerializeToString()
+    cache[(device_id, health)] = chunk
+    return chunk
+
+
+class _Watch:
+    """One ListAndWatch stream: the version last handed to it, and the last one written."""
+
+    __slots__ = ("queued", "sent")
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def fire(self) -> None:
-        # Waiters already woken stay woken; clearing re-arms the event for the next change.
-        self._event.set()
-        self._event.clear()
-
-    async def wait(self) -> None:
-        await self._event.wait()
+        self.queued: Optional[int] = None
+        self.sent: Optional[int] = None
 
 
-class StreamCounter:
-    """Open ListAndWatch streams of one resource, across server restarts."""
-
-    def __init__(self) -> None:
-        self.open = 0
-
-
-class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
-    """Serves one resource from the live inventory until :meth:`close`."""
+class DevicePluginService:
+    """Serves one resource from the ``DeviceView`` it is given."""
 
     def __init__(
         self,
         resource: str,
-        inventory: DeviceView,
-        pulse: Pulse,
-        streams: StreamCounter,
+        view: DeviceView,
         *,
         pre_start_check: bool = False,
         cdi: Optional[allocation.CdiNames] = None,
         telemetry: Optional[KubeletObserver] = None,
     ) -> None:
         self.resource = resource
-        self._telemetry = telemetry
-        self._inventory = inventory
-        self._pulse = pulse
-        self._streams = streams
+        self._view = view
+        self._list = DeviceList(resource, view)
         self._pre_start_check = pre_start_check
         self._cdi = cdi
-        self._closing = False
-        # Rebuilt only when the resource's version moves: the list every stream sends.
-        # Allocate and GetPreferredAllocation look IDs up in the inventory directly.
-        self._version: Optional[int] = None
-        self._response = b""  # pre-encoded ListAndWatchResponse
-        self._chunks: dict[tuple[str, str], bytes] = {}
+        self._telemetry = telemetry
+        self._watches: dict[ServerStream, _Watch] = {}
+        self.methods: dict[bytes, Method] = {
+            _path("GetDevicePluginOptions"): Method(unary=self.get_options),
+            _path("ListAndWatch"): Method(stream=self.list_and_watch),
+            _path("GetPreferredAllocation"): Method(unary=self.get_preferred_allocation),
+            _path("Allocate"): Method(unary=self.allocate),
+            _path("PreStartContainer"): Method(unary=self.pre_start_container),
+        }
 
+    @property
+    def streams(self) -> int:
+        """Open ListAndWatch streams."""
+        return len(self._watches)
+
+    def notify(self) -> None:
+        """The resource may have changed: every stream writes its list now where the socket
+        takes it, later (the newest) where it does not; the list is built only to be sent."""
+        if not self._watches:
+            return
+        woke = time.perf_counter_ns()
+        for stream in list(self._watches):
+            stream.changed(woke)
+
+    # ---- ListAndWatch -------------------------------------------------------------------------
+    def list_and_watch(self, request: bytes, stream: ServerStream) -> None:
+        watch = self._watches[stream] = _Watch()
+        stream.on_written = lambda version, woke_ns: self._written(watch, version, woke_ns)
+        stream.on_close = lambda: self._closed(stream)
+        stream.source = lambda: self._next_list(watch)
+        log.debug("stream opened", extra=kv(resource=self.resource, open=len(self._watches)))
+        stream.changed(time.perf_counter_ns())
+
+    def _next_list(self, watch: _Watch) -> tuple[int, Optional[bytes]]:
+        """The list to write on a stream now; None when it already has this version."""
+        version, message = self._list.current()
+        if version == watch.queued:
+            return version, None
+        watch.queued = version
+        return version, message
+
+    def _written(self, watch: _Watch, version: int, woke_ns: int) -> None:
+        previous, watch.sent = watch.sent, version
+        if self._telemetry is not None:
+            self._telemetry.on_sent(self.resource, version, previous, woke_ns)
+
+    def _closed(self, stream: ServerStream) -> None:
+        if self._watches.pop(stream, None) is not None:
+            log.debug("stream closed", extra=kv(resource=self.resource, open=len(self._watches)))
+
+    # ---- unary calls --------------------------------------------------------------------------
     @property
     def options(self) -> api_pb2.DevicePluginOptions:
         return api_pb2.DevicePluginOptions(
-            pre_start_required=self._pre_start_check, get_preferred_allocation_available=True
-        )
+            pre_start_required=self._pre_start_check, get_preferred_allocation_available=True)
 
-    def close(self) -> None:
-        """End every stream of this server (they return normally, so clients see OK)."""
-        self._closing = True
-        self._pulse.fire()
+    def get_options(self, request: bytes) -> bytes:
+        return self.options.SerializeToString()
 
-    def _refresh(self) -> int:
-        version = self._inventory.version(self.resource)
-        if version != self._version:
-            entries = self._inventory.entries(self.resource)
-            # The list kubelet gets after every change, pre-encoded: each device's bytes are
-            # cached, so a change in a resource of 1,000 devices costs a join, not a rebuild.
-            chunks = self._chunks
-            if len(chunks) > 2 * len(entries) + 64:
-                chunks.clear()  # forgotten IDs (replugs with new serials): stay near the live size
-            self._response = b"".join(
-                chunks.get((e.id, e.health)) or _device_chunk(chunks, e.id, e.health) for e in entries
-            )
-            self._version = version
-        return version
-
-    def _lookup(self) -> allocation.Lookup:
-        resource, get = self.resource, self._inventory.get
-        return lambda device_id: get(resource, device_id)
-
-    # ---- RPCs ---------------------------------------------------------------------------
-    async def GetDevicePluginOptions(self, request, context):  # noqa: N802 (gRPC names)
-        return self.options
-
-    async def ListAndWatch(self, request, context):  # noqa: N802
-        self._streams.open += 1
-        log.debug("stream opened", extra=kv(resource=self.resource, open=self._streams.open))
-        try:
-            sent: Optional[int] = None
-            woke = time.perf_counter_ns()
-            while not self._closing:
-                version = self._refresh()
-                if version != sent:
-                    await context.write(self._response)
-                    if self._telemetry is not None:
-                        self._telemetry.on_sent(self.resource, version, sent, woke)
-                    sent = version
-                    continue
-                await self._pulse.wait()
-                woke = time.perf_counter_ns()
-        finally:
-            self._streams.open -= 1
-            log.debug("stream closed", extra=kv(resource=self.resource, open=self._streams.open))
-
-    async def GetPreferredAllocation(self, request, context):  # noqa: N802
+    def get_preferred_allocation(self, request: bytes) -> bytes:
+        req = _decode(api_pb2.PreferredAllocationRequest, request)
         lookup = self._lookup()
         try:
             responses = [
                 api_pb2.ContainerPreferredAllocationResponse(deviceIDs=allocation.preferred(
                     creq.available_deviceIDs, creq.must_include_deviceIDs, creq.allocation_size, lookup))
-                for creq in request.container_requests
+                for creq in req.container_requests
             ]
         except allocation.DeviceRequestError as e:
             log.warning("preferred allocation refused", extra=kv(resource=self.resource, error=e.message))
-            await context.abort(e.code, e.message)
-        return api_pb2.PreferredAllocationResponse(container_responses=responses)
+            raise _status(e) from None
+        return api_pb2.PreferredAllocationResponse(container_responses=responses).SerializeToString()
 
-    async def Allocate(self, request, context):  # noqa: N802
+    def allocate(self, request: bytes) -> bytes:
+        req = _decode(api_pb2.AllocateRequest, request)
         try:
-            response = allocation.allocate(self.resource, request, self._lookup(), self._cdi)
+            response = allocation.allocate(self.resource, req, self._lookup(), self._cdi).SerializeToString()
         except allocation.DeviceRequestError as e:
             log.warning("allocate refused", extra=kv(resource=self.resource, error=e.message))
             self._count_allocate(e.code.name.lower())
-            await context.abort(e.code, e.message)
+            raise _status(e) from None
         except Exception:
             self._count_allocate("error")
             raise
         self._count_allocate("ok")
         log.info("allocated", extra=kv(
-            resource=self.resource, ids=",".join(i for c in request.container_requests for i in c.devices_ids)))
+            resource=self.resource, ids=",".join(i for c in req.container_requests for i in c.devices_ids)))
         return response
+
+    def pre_start_container(self, request: bytes) -> bytes:
+        req = _decode(api_pb2.PreStartContainerRequest, request)
+        if self._pre_start_check:
+            try:
+                allocation.check_present(self.resource, req.devices_ids, self._lookup())
+            except allocation.DeviceRequestError as e:
+                log.warning("pre-start refused", extra=kv(resource=self.resource, error=e.message))
+                raise _status(e) from None
+        return b""  # PreStartContainerResponse has no fields
+
+    def _lookup(self) -> allocation.Lookup:
+        resource, get = self.resource, self._view.get
+        return lambda device_id: get(resource, device_id)
 
     def _count_allocate(self, result: str) -> None:
         if self._telemetry is not None:
             self._telemetry.on_allocate(self.resource, result)
 
-    async def PreStartContainer(self, request, context):  # noqa: N802
-        if self._pre_start_check:
-            try:
-                allocation.check_present(self.resource, request.devices_ids, self._lookup())
-            except allocation.DeviceRequestError as e:
-                log.warning("pre-start refused", extra=kv(resource=self.resource, error=e.message))
-                await context.abort(e.code, e.message)
-        return api_pb2.PreStartContainerResponse()
+
+def _path(method: str) -> bytes:
+    return f"/{SERVICE}/{method}".encode()
 
 
-def _device_chunk(cache: dict[tuple[str, str], bytes], device_id: str, health: str) -> bytes:
-    """One ``devices`` element of ListAndWatchResponse on the wire (repeated fields concatenate)."""
-    chunk = api_pb2.ListAndWatchResponse(devices=[api_pb2.Device(ID=device_id, health=health)]).SerializeToString()
-    cache[(device_id, health)] = chunk
-    return chunk
+def _status(e: allocation.DeviceRequestError) -> RpcError:
+    return RpcError(Status(e.code.value[0]), e.message)
 
 
-def _serialize_list(response: bytes | api_pb2.ListAndWatchResponse) -> bytes:
-    """ListAndWatch answers are pre-encoded bytes; a message still works (tests, tools)."""
-    return response if isinstance(response, bytes) else response.SerializeToString()
-
-
-def _add_servicer(servicer: DevicePluginServicer, server: grpc.aio.Server) -> None:
-    """The generated registration, except that ListAndWatch sends pre-encoded bytes."""
-    empty = api_pb2.Empty.FromString
-    handlers = {
-        "GetDevicePluginOptions": grpc.unary_unary_rpc_method_handler(
-            servicer.GetDevicePluginOptions, request_deserializer=empty,
-            response_serializer=api_pb2.DevicePluginOptions.SerializeToString),
-        "ListAndWatch": grpc.unary_stream_rpc_method_handler(
-            servicer.ListAndWatch, request_deserializer=empty, response_serializer=_serialize_list),
-        "GetPreferredAllocation": grpc.unary_unary_rpc_method_handler(
-            servicer.GetPreferredAllocation,
-            request_deserializer=api_pb2.PreferredAllocationRequest.FromString,
-            response_serializer=api_pb2.PreferredAllocationResponse.SerializeToString),
-        "Allocate": grpc.unary_unary_rpc_method_handler(
-            servicer.Allocate, request_deserializer=api_pb2.AllocateRequest.FromString,
-            response_serializer=api_pb2.AllocateResponse.SerializeToString),
-        "PreStartContainer": grpc.unary_unary_rpc_method_handler(
-            servicer.PreStartContainer, request_deserializer=api_pb2.PreStartContainerRequest.FromString,
-            response_serializer=api_pb2.PreStartContainerResponse.SerializeToString),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("v1beta1.DevicePlugin", handlers),))
-    server.add_registered_method_handlers("v1beta1.DevicePlugin", handlers)
-
-
-class BindError(Exception):
-    """gRPC could not serve on the socket path (it reports that as a bare RuntimeError)."""
-
-
-async def start_server(servicer: DevicePluginServicer, path: str) -> grpc.aio.Server:
-    """Serve ``servicer`` on the unix socket ``path`` (asyncio side)."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    _add_servicer(servicer, server)
+def _decode(message_type: Callable, data: bytes):
     try:
-        server.add_insecure_port("unix://" + path)
-    except RuntimeError as exc:  # "Failed to bind to address unix:...": the only way grpc says it
-        raise BindError(str(exc)) from None
-    await server.start()
-    return server
+        return message_type.FromString(data)
+    except DecodeError as exc:
+        raise RpcError(Status.INTERNAL, f"cannot decode {message_type.__name__}: {exc}") from None

@@ -29,8 +29,10 @@ from .metrics import LATENCY_BUCKETS, build_registry
 
 EVENT_LOG_SIZE = 256
 #: What one uevent's path to kubelet is cut into (see ``Telemetry.on_sent``): reading the
-#: message to its record; rules, identity and inventory; waking the streams; the stream
-#: resuming; encoding and writing the list until gRPC reported it written.
+#: message to its record; rules, identity and inventory; ``mark`` itself (it runs just before
+#: the change is published); publishing until the stream starts its write (later for a
+#: stream whose socket was full, or for the rest of a burst); encoding the list and writing
+#: it to the socket.
 STAGES = ("record", "rules_inventory", "publish", "to_stream", "write")
 _PENDING_PER_RESOURCE = 64
 
@@ -92,10 +94,10 @@ class Telemetry:
 
     # ---- hooks the daemon calls ------------------------------------------------------------
     def mark(self, change: Change, received_ns: int, built_ns: int, handled_ns: int) -> None:
-        """On the event path, right after a uevent's change was published: remember when
-        each stage ended, so the stream sends that carry it can time them (``on_sent``).
-        ``*_ns`` are ``time.perf_counter_ns()``: message read, record built, rules and
-        inventory done; now is when the streams were woken."""
+        """On the event path, right before a uevent's change is published (the streams
+        write inside ``publish``): remember when each stage ended, so the stream sends that
+        carry it can time them (``on_sent``). ``*_ns`` are ``time.perf_counter_ns()``:
+        message read, record built, rules and inventory done; now is when publishing starts."""
         published_ns = self._perf_ns()
         for resource in change.resources:
             pending = self._pending.get(resource)
