@@ -4,7 +4,7 @@
                                  [--out bench/results.json] [--markdown bench/RESULTS.md]
 
 Runs each benchmark script as its own process (rules, allocate, hotplug kernel+udev with 0
-and 1,000 held devices (also 1,000 in the same resource), burst, coldstart, memory, idle,
+0, 100 and 1,000 held devices (also 1,000 in the same resource), burst, coldstart, memory, idle,
 replug), parses the JSON object it prints,
 writes them all to ``--out`` (after every step, so a partial run keeps what it measured),
 prints every table, then a summary of each figure with its goal, its floor and the ratio.
@@ -36,8 +36,8 @@ BEGIN, END = "<!-- figures:begin -->", "<!-- figures:end -->"
 STEPS: dict[str, tuple[list[str], list[str], int]] = {
     "rules": (["bench_rules.py"], ["bench_rules.py", "--repeat", "1"], 600),
     "allocate": (["bench_allocate.py"], ["bench_allocate.py", "--calls", "500"], 600),
-    "hotplug": (["bench_hotplug.py", "--held", "0,1000"],
-                ["bench_hotplug.py", "--held", "0,1000", "--samples", "50"], 1800),
+    "hotplug": (["bench_hotplug.py", "--held", "0,100,1000"],
+                ["bench_hotplug.py", "--held", "0,100,1000", "--samples", "50"], 1800),
     "hotplug_same": (["bench_hotplug.py", "--held", "1000", "--same-resource", "--samples", "150"],
                      ["bench_hotplug.py", "--held", "1000", "--same-resource", "--samples", "30"], 1800),
     "burst": (["bench_burst.py"], ["bench_burst.py", "--no-queued"], 1800),
