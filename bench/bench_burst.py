@@ -95,7 +95,10 @@ def run_source(source: str, n: int, pool: ZramPool, workdir: Path, with_queued: 
     try:
         with KubeletStandin(str(plugin_dir), auto_watch=True) as kubelet:
             daemon = Daemon(["--rules", str(rules), "--plugin-dir", str(plugin_dir), "--debug-socket", "",
-                             "--udev-source", source, "--log-level", "warning"], workdir / f"devplug-{source}.log")
+                             "--udev-source", source, "--log-level", "warning",
+                             # Every removed ID stays listed Unhealthy, as kubelet would keep it while a
+                             # pod holds it: without PodResources the default cap (256) forgets the rest.
+                             "--max-unhealthy", str(2 * n + 16)], workdir / f"devplug-{source}.log")
             watch = kubelet.wait_watch(RESOURCE, timeout=30)
             watch.wait_count(1, timeout=10)
             time.sleep(1.0)  # settle: startup allocations done, nothing in flight
