@@ -22,6 +22,8 @@ changes a resource of N+1 devices (the worst case for rebuilding the list kubele
 
     python bench/bench_hotplug.py [--samples 300] [--sources kernel,udev] [--held 0] [--same-resource]
                                   [--receiver auto|go|python|go,python] [--stream-floor h2|grpc|none]
+                                  [--src OLD_TREE/src]
+``--src`` runs another checkout's daemon under this harness (before/after in one session).
 Needs root. Prints one JSON object, then a table.
 """
 
@@ -222,6 +224,10 @@ def internal_latency(sock: str) -> dict | None:
     return {"received_to_sent_mean_ms": round(total / count * 1e3, 4), "sends": int(count)} if count else None
 
 
+#: The daemon's code: this checkout's ``src``, or another tree's (``--src``, before/after runs).
+SRC = str(ROOT / "src")
+
+
 def run_source(source: str, samples: int, held: int, workdir: Path, same: bool = False,
                receiver: str = "go") -> dict:
     zram_resource = "bench-tty" if same else "bench-zram"
@@ -236,7 +242,7 @@ def run_source(source: str, samples: int, held: int, workdir: Path, same: bool =
     floor = subprocess.Popen([sys.executable, "-c", FLOOR, source], stdout=subprocess.PIPE, text=True)
     assert floor.stdout is not None
     assert floor.stdout.readline().strip() == "ready"
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env = dict(os.environ, PYTHONPATH=SRC)
     log = open(workdir / f"devplug-{tag}.log", "w")
     debug_sock = str(workdir / f"debug-{tag}.sock")
     internal = None
@@ -271,7 +277,7 @@ def run_source(source: str, samples: int, held: int, workdir: Path, same: bool =
     for (action, t0), (faction, t1) in zip(sent, floor_times):
         if action == faction:
             floors.append((t1 - t0) / 1e6)
-    result = {"receiver": receiver, "internal": internal, "stages": stages, "source": source, "held_devices": held, "same_resource": same, "samples": len(latencies),
+    result = {"src": SRC, "receiver": receiver, "internal": internal, "stages": stages, "source": source, "held_devices": held, "same_resource": same, "samples": len(latencies),
               "receiver_cpu_us_per_list": round(receiver_cpu / len(latencies) * 1e6),
               "devplug": summary(latencies), "floor": summary(floors) if floors else None}
     if floors:
@@ -293,7 +299,13 @@ def main() -> None:
     ap.add_argument("--receiver", default="auto",
                     help="kubelet end: go (bench/gokubelet), python (tests/kubelet_standin.py), both as "
                          "go,python; auto = go when it is built or buildable, else python")
+    ap.add_argument("--src", default=None,
+                    help="run another tree's src (an older commit) with this harness, for before/after figures; "
+                         "trees without /stages show no breakdown")
     args = ap.parse_args()
+    if args.src:
+        global SRC
+        SRC = os.path.abspath(args.src)
     if os.geteuid() != 0:
         raise SystemExit("needs root (writes uevents under /sys)")
     interrupt_on_sigterm()

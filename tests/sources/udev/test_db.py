@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+import attrs
+
 from devplug.core.device import Device
 from devplug.sources.udev.db import db_id, enrich, parse_db, read_db
 
@@ -80,4 +84,7 @@ def test_no_entry_leaves_the_record_alone(tmp_path):
     assert read_db(dev, str(tmp_path)) is None
     assert enrich(dev, None) is dev
     (tmp_path / "c188:0").write_text(DB)
-    assert read_db(dev, str(tmp_path)) == parse_db(DB)
+    entry = read_db(dev, str(tmp_path))
+    assert attrs.evolve(entry, stamp=None) == parse_db(DB)
+    st = os.stat(tmp_path / "c188:0")
+    assert entry.stamp == (st.st_ino, st.st_ctime_ns)

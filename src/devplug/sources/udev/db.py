@@ -30,6 +30,9 @@ class DbEntry:
     usec_initialized: Optional[str] = None
     #: ``V:`` line: databases of udev ≥ 247 have it and keep current tags in ``Q:`` lines.
     version: Optional[str] = None
+    #: (inode, ctime) of the file read: udevd renames a new file into place on every write,
+    #: so an unchanged stamp means this content is still current.
+    stamp: Optional[tuple[int, int]] = None
 
 
 def db_id(device: Device) -> Optional[str]:
@@ -88,11 +91,21 @@ def read_db(device: Device, db_dir: str = DEFAULT_DB_DIR) -> Optional[DbEntry]:
         return None
     try:
         raw = os.read(fd, 1 << 20)
+        st = os.fstat(fd)
     except OSError:
         return None
     finally:
         os.close(fd)
-    return parse_db(raw.decode("utf-8", "surrogateescape"))
+    return attrs.evolve(parse_db(raw.decode("utf-8", "surrogateescape")), stamp=(st.st_ino, st.st_ctime_ns))
+
+
+def db_stamp(name: str, db_dir: str = DEFAULT_DB_DIR) -> Optional[tuple[int, int]]:
+    """The (inode, ctime) of a database file now, or ``None`` when it is not there."""
+    try:
+        st = os.stat(f"{db_dir}/{name}")
+    except OSError:
+        return None
+    return (st.st_ino, st.st_ctime_ns)
 
 
 def _tag_string(tags: tuple[str, ...]) -> str:

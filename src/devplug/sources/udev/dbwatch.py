@@ -6,7 +6,9 @@ moment later and sends nothing on the kernel's netlink group. So for each presen
 the wanted subsystems the source remembers the last event it reported, and when udevd
 writes that device's database file (a rename into ``/run/udev/data``: inotify
 ``MOVED_TO``), the source reports the same event again with udevd's view merged in. The
-inventory then holds the links Allocate hands out, as with the udev source.
+inventory then holds the links Allocate hands out, as with the udev source. A write whose
+file the event already read (same inode and ctime: the daemon was busy and udevd got there
+first, as in a burst) repeats nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ class DbWatch:
         self.db_dir = db_dir
         self._limit = limit
         self._ino: Optional[Inotify] = None
-        self._last: dict[str, tuple[str, dict[str, str]]] = {}  # db file name -> (action, props)
+        # db file name -> (action, props, the stamp of the database file the event read)
+        self._last: dict[str, tuple[str, dict[str, str], Optional[tuple[int, int]]]] = {}
+        self.skipped = 0  # writes not repeated: their content had been read with the event
 
     @staticmethod
     def available(db_dir: str) -> bool:
@@ -52,14 +56,16 @@ class DbWatch:
         assert self._ino is not None
         return self._ino.fileno()
 
-    def seen(self, action: str, record: Device, props: dict[str, str], present: bool) -> None:
-        """The source reported this event; a later database write for it repeats it."""
+    def seen(self, action: str, record: Device, props: dict[str, str], present: bool,
+             stamp: Optional[tuple[int, int]] = None) -> None:
+        """The source reported this event (having read the database file with ``stamp``); a
+        later database write for it repeats it."""
         name = db.db_id(record)
         if name is None:
             return
         self._last.pop(name, None)
         if present:
-            self._last[name] = (action, props)
+            self._last[name] = (action, props, stamp)
             while len(self._last) > self._limit:
                 del self._last[next(iter(self._last))]
 
@@ -70,5 +76,10 @@ class DbWatch:
         names = {ev.name for ev in self._ino.read_events() if ev.name and not ev.name.startswith(".")}
         for name in sorted(names):
             last = self._last.get(name)
-            if last is not None:
-                yield last[0], dict(last[1])
+            if last is None:
+                continue
+            action, props, stamp = last
+            if stamp is not None and db.db_stamp(name, self.db_dir) == stamp:
+                self.skipped += 1
+                continue
+            yield action, dict(props)

@@ -284,7 +284,8 @@ class UdevSource:
 
     # -- events ----------------------------------------------------------------------------
 
-    def _record(self, props: dict[str, str], action: str) -> Device:
+    def _record(self, props: dict[str, str], action: str) -> tuple[Device, Optional[tuple[int, int]]]:
+        """The event's record, and the stamp of the udev database file merged into it."""
         sys_root = self.context.sys_path
         self._parent_cache.forget(sys_root + props["DEVPATH"])
         record = device_from_uevent(props, context=self.context, sys_root=sys_root,
@@ -292,8 +293,9 @@ class UdevSource:
         if self.source_kind == "kernel" and action not in _ABSENT:
             # udevd's view (symlinks, ID_* properties, tags) as far as it has written it; a
             # device that is gone needs none of it.
-            record = db.enrich(record, db.read_db(record, self.db_dir))
-        return record
+            entry = db.read_db(record, self.db_dir)
+            return db.enrich(record, entry), entry.stamp if entry is not None else None
+        return record, None
 
     async def events(self, *, coldplug: bool = False) -> AsyncIterator[SourceItem]:
         """Yield events as they arrive; with ``coldplug`` a ``Resync("coldplug")`` comes first.
@@ -334,9 +336,10 @@ class UdevSource:
                     if watch is not None:
                         for action, again in watch.changed():
                             if os.path.exists(self.context.sys_path + again["DEVPATH"] + "/uevent"):
+                                record, stamp = self._record(again, action)
+                                watch.seen(action, record, again, True, stamp)
                                 yielded = True
-                                yield DeviceEvent(action, self._record(again, action), None,
-                                                  time.perf_counter_ns(), origin="udev-db")
+                                yield DeviceEvent(action, record, None, time.perf_counter_ns(), origin="udev-db")
                     if yielded:
                         yield drained
                     break
@@ -345,12 +348,12 @@ class UdevSource:
                     continue
                 action = props.get("ACTION") or "change"
                 try:
-                    record = self._record(dict(props) if watch is not None else props, action)
+                    record, stamp = self._record(dict(props) if watch is not None else props, action)
                 except OSError as exc:
                     log.debug("dropping event for a device we cannot read", extra=kv(error=str(exc)))
                     continue
                 if watch is not None:
-                    watch.seen(action, record, props, action not in _ABSENT)
+                    watch.seen(action, record, props, action not in _ABSENT, stamp)
                 yielded = True
                 seqnum = props.get("SEQNUM")
                 yield DeviceEvent(action, record, int(seqnum) if seqnum and seqnum.isdigit() else None, received)
