@@ -18,6 +18,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.exceptions
 import pytest
 import trio
 from tests.kubelet_standin import KubeletStandin, blocking
@@ -181,7 +182,9 @@ async def test_against_our_server_a_large_request_and_a_non_ascii_refusal(plugin
         with pytest.raises(RpcError) as err:
             await unary_call(path, "/test.Svc/Nope", b"", timeout=5)
         assert err.value.code == Status.UNIMPLEMENTED
-        assert server.stats()["connections"] == 0  # every call closed its connection
+        with trio.fail_after(5):  # every call closed its connection (the server sees the EOF soon)
+            while server.stats()["connections"]:
+                await trio.sleep(0.005)
         nursery.cancel_scope.cancel()
 
 
@@ -222,7 +225,11 @@ async def _serve_one(listener, peer: Peer, respond, after) -> None:
             if not data:
                 peer.eof.set()
                 return
-            for ev in conn.receive_data(data):
+            try:
+                events = conn.receive_data(data)
+            except h2.exceptions.ProtocolError:  # after our GOAWAY h2 takes nothing more: read to EOF
+                continue
+            for ev in events:
                 if isinstance(ev, h2.events.DataReceived):
                     conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 elif isinstance(ev, h2.events.StreamEnded):
@@ -242,21 +249,25 @@ async def _close(stream: trio.SocketStream) -> None:
     await stream.aclose()
 
 
+#: A peer that closes with bytes of ours unread resets the connection (ECONNRESET) instead.
+CLOSED = ("closed the connection before the call ended", "Connection reset by peer")
+
+
 @pytest.mark.parametrize(("respond", "after", "words"), [
     # Headers and half a message, then the connection closes.
     (lambda c, sid: (c.send_headers(sid, HEADERS), c.send_data(sid, transport.frame(b"0123456789")[:8])),
-     _close, "closed the connection before the call ended"),
+     _close, CLOSED),
     (lambda c, sid: c.close_connection(h2.errors.ErrorCodes.NO_ERROR, additional_data=b"shutting down"),
-     None, "GOAWAY NO_ERROR: shutting down"),
-    (lambda c, sid: c.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM), None, "reset the call (REFUSED_STREAM)"),
-    (None, _close, "closed the connection before the call ended"),
+     None, ("GOAWAY NO_ERROR: shutting down",)),
+    (lambda c, sid: c.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM), None, ("reset the call (REFUSED_STREAM)",)),
+    (None, _close, CLOSED),
 ])
 async def test_a_server_that_goes_away_mid_call_is_unavailable(plugin_dir, respond, after, words):
     path = os.path.join(plugin_dir, "p.sock")
     async with bare_peer(path, respond, after) as peer:
         with pytest.raises(Unavailable) as err:
             await unary_call(path, ECHO, b"x", timeout=5)
-        assert err.value.code == Status.UNAVAILABLE and words in err.value.message
+        assert err.value.code == Status.UNAVAILABLE and any(w in err.value.message for w in words)
         if after is None:  # the peer is still there: it sees our side close
             with trio.fail_after(5):
                 await peer.eof.wait()
