@@ -1,7 +1,7 @@
 """A kubelet stand-in speaking the real device plugin API v1beta1 over real unix sockets.
 
-It runs on gRPC's *synchronous* API in its own threads, so trio tests (and the daemon's
-grpc.aio loop under trio-asyncio) never share an event loop with it. Blocking calls are
+It runs on grpcio's *synchronous* API in its own threads, so trio tests (and the daemon,
+whose gRPC is its own, on h2) never share an event loop with it. Blocking calls are
 meant to be wrapped by trio code in ``trio.to_thread.run_sync`` (see :func:`blocking`).
 
 API

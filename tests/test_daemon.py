@@ -16,7 +16,6 @@ from typing import Optional
 import attrs
 import pytest
 import trio
-from devplug.lib import aio
 from tests.kubelet_standin import KubeletStandin, blocking
 
 from devplug.config import Config
@@ -101,11 +100,10 @@ async def run_daemon(config: Config, source: FakeSource, scenario) -> Daemon:
     daemon = Daemon(config, read_rules(config.rules_paths), source_factory=factory, paths=lambda p: None,
                     find=lambda spec: (_ for _ in ()).throw(LookupError(spec)))
     with trio.fail_after(30):
-        async with aio.open_loop():
-            async with trio.open_nursery() as nursery:
-                await nursery.start(daemon.run)
-                await scenario(daemon)
-                nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            await scenario(daemon)
+            nursery.cancel_scope.cancel()
     return daemon
 
 

@@ -6,7 +6,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Optional
 
 import trio
-from devplug.lib import aio
 
 from devplug.core.inventory import Change, Inventory, Sighting
 from devplug.kubelet import KubeletAdapter
@@ -64,11 +63,10 @@ def run_adapter(
 
     async def main() -> None:
         with trio.fail_after(timeout):
-            async with aio.open_loop():
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(adapter.run)
-                    await scenario(Harness(inventory, adapter))
-                    nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(adapter.run)
+                await scenario(Harness(inventory, adapter))
+                nursery.cancel_scope.cancel()
 
     trio.run(main)
     return adapter

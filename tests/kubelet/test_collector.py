@@ -13,7 +13,6 @@ from devplug.core.inventory import Inventory, Sighting
 from devplug.core.rules.model import Claim
 from devplug.kubelet.collector import Collector
 from devplug.kubelet.podresources import Holder, PodResources
-from devplug.lib import aio
 from tests.kubelet_standin import KubeletStandin
 
 R = "devplug.io/serial"
@@ -31,18 +30,17 @@ def gone(key):
 async def test_pod_resources_client_reports_holders_and_unknown(plugin_dir):
     path = os.path.join(plugin_dir, "pod-resources.sock")
     client = PodResources(path, timeout=1.0)
-    async with aio.open_loop():
-        assert await client.holders() is None  # nothing listens: unknown, not "nobody"
-        with KubeletStandin(plugin_dir, pod_resources=path) as kubelet:
-            assert await client.holders() == {}
-            kubelet.assign(R, ["A1", "B2"], pod="reader", namespace="iot", container="modbus")
-            kubelet.assign("devplug.io/other", ["X"], pod="web")
-            assert await client.holders() == {
-                (R, "A1"): (Holder("iot", "reader", "modbus"),),
-                (R, "B2"): (Holder("iot", "reader", "modbus"),),
-                ("devplug.io/other", "X"): (Holder("default", "web", "main"),),
-            }
-        assert await client.holders() is None
+    assert await client.holders() is None  # nothing listens: unknown, not "nobody"
+    with KubeletStandin(plugin_dir, pod_resources=path) as kubelet:
+        assert await client.holders() == {}
+        kubelet.assign(R, ["A1", "B2"], pod="reader", namespace="iot", container="modbus")
+        kubelet.assign("devplug.io/other", ["X"], pod="web")
+        assert await client.holders() == {
+            (R, "A1"): (Holder("iot", "reader", "modbus"),),
+            (R, "B2"): (Holder("iot", "reader", "modbus"),),
+            ("devplug.io/other", "X"): (Holder("default", "web", "main"),),
+        }
+    assert await client.holders() is None
 
 
 class FakeKubelet:

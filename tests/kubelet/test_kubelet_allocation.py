@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 import pytest
 
 from devplug.core.inventory import Entry
@@ -16,6 +15,7 @@ from devplug.kubelet.allocation import (
     resolve,
 )
 from devplug.core.rules.model import Claim, Mount
+from devplug.kubelet.transport import Status
 
 R = "devplug.io/ftdi-serial"
 
@@ -147,11 +147,11 @@ def test_resolve_errors_name_device_and_resource():
     look = lookup_of(entry("A"), entry("B", healthy=False))
     with pytest.raises(DeviceRequestError) as err:
         resolve(R, ["A", "nope"], look)
-    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.code == Status.INVALID_ARGUMENT
     assert "'nope'" in err.value.message and R in err.value.message
     with pytest.raises(DeviceRequestError) as err:
         resolve(R, ["A", "B"], look)
-    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.code == Status.FAILED_PRECONDITION
     assert "'B'" in err.value.message and "unhealthy" in err.value.message
     assert [e.id for e in resolve(R, ["B"], look, healthy=False)] == ["B"]
 
@@ -207,7 +207,7 @@ def test_preferred_only_chooses_available_and_is_deterministic():
 def test_preferred_refuses_requests_kubelet_could_not_mean(available, must, size, why):
     with pytest.raises(DeviceRequestError) as err:
         preferred(available, must, size, LOOK)
-    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and why in err.value.message
+    assert err.value.code == Status.INVALID_ARGUMENT and why in err.value.message
 
 
 # ---- PreStartContainer ---------------------------------------------------------------------
@@ -219,7 +219,7 @@ def test_check_present(tmp_path):
     check_present(R, ["A"], look)  # health is kubelet's business; presence is ours
     with pytest.raises(DeviceRequestError) as err:
         check_present(R, ["H"], look)
-    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "'H'" in err.value.message
+    assert err.value.code == Status.FAILED_PRECONDITION and "'H'" in err.value.message
     (tmp_path / "dir").mkdir()
     check_present(R, ["A", "H"], look)
     node.unlink()
@@ -228,7 +228,7 @@ def test_check_present(tmp_path):
     assert str(node) in err.value.message
     with pytest.raises(DeviceRequestError) as err:
         check_present(R, ["Z"], look)
-    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.code == Status.INVALID_ARGUMENT
 
 
 def test_response_is_a_real_message():
@@ -280,4 +280,4 @@ def test_an_entry_that_bypassed_the_core_is_failed_precondition_not_unknown():
     bad = entry("A", claim=Claim(resource=R, envs=(("X", "caf\udce9"),)))
     with pytest.raises(DeviceRequestError) as err:
         container_response(R, [bad])
-    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "'A'" in err.value.message
+    assert err.value.code == Status.FAILED_PRECONDITION and "'A'" in err.value.message

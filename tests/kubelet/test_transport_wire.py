@@ -6,7 +6,7 @@ import urllib.parse
 
 import pytest
 
-from devplug.kubelet.transport.wire import PREFIX, RequestBody, RpcError, Status, frame, parse_timeout, percent_encode
+from devplug.kubelet.transport.wire import PREFIX, MessageBody, RpcError, Status, frame, parse_timeout, percent_encode
 
 
 @pytest.mark.parametrize("text", ["plain ascii: ok", "ümlaut 100%", "tab\there", "新しい", "%%", ""])
@@ -29,7 +29,7 @@ def test_malformed_grpc_timeouts_are_refused(value):
 
 
 def test_a_request_body_in_pieces():
-    body = RequestBody(limit=100)
+    body = MessageBody(limit=100)
     message = frame(b"hello")
     for k in range(len(message)):
         body.feed(message[k:k + 1])
@@ -43,7 +43,7 @@ def test_a_request_body_in_pieces():
     (frame(b"a") + frame(b"b"), Status.INTERNAL, "more than one"),
 ])
 def test_what_a_request_body_refuses_as_it_arrives(data, code, words):
-    body = RequestBody(limit=100)
+    body = MessageBody(limit=100)
     with pytest.raises(RpcError) as err:
         body.feed(data[:5])  # the prefix alone decides the first three
         body.feed(data[5:])
@@ -52,7 +52,7 @@ def test_what_a_request_body_refuses_as_it_arrives(data, code, words):
 
 @pytest.mark.parametrize(("data", "words"), [(b"", "no request message"), (frame(b"abc")[:6], "ended before")])
 def test_an_incomplete_request_is_internal(data, words):
-    body = RequestBody(limit=100)
+    body = MessageBody(limit=100)
     body.feed(data)
     with pytest.raises(RpcError) as err:
         body.message()

@@ -203,7 +203,7 @@ def _initramfs_key(version: str) -> str:
 # What the guest imports besides the project: the agent, the kubelet stand-in, devplug's deps.
 WARM_MODULES = ("asyncio", "json", "subprocess", "threading", "concurrent.futures", "logging",
                 "argparse", "grpc", "grpc.aio", "google.protobuf.json_format", "attrs", "pyudev",
-                "trio", "trio_asyncio", "h11", "tests.kubelet_standin")
+                "trio", "h2", "h11", "tests.kubelet_standin")
 WARM_SCRIPT = """
 import importlib, pkgutil, sys
 for name in sys.argv[1:]:

@@ -12,7 +12,6 @@ import trio
 
 from ..config import Config
 from ..core.rules import RulesError, RuleSet
-from ..lib import aio
 from ..lib.logs import kv
 from ..sources import rulefiles
 from .daemon import Daemon
@@ -22,18 +21,17 @@ log = logging.getLogger("devplug")
 
 async def serve(config: Config, ruleset: RuleSet, **daemon_kw) -> None:
     """Run a daemon until SIGTERM or SIGINT."""
-    async with aio.open_loop():
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(Daemon(config, ruleset, **daemon_kw).run)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(Daemon(config, ruleset, **daemon_kw).run)
 
-                async def stop_on_signal() -> None:
-                    async for signum in signals:
-                        log.info("stopping", extra=kv(signal=signal.Signals(signum).name))
-                        nursery.cancel_scope.cancel()
-                        return
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    log.info("stopping", extra=kv(signal=signal.Signals(signum).name))
+                    nursery.cancel_scope.cancel()
+                    return
 
-                nursery.start_soon(stop_on_signal)
+            nursery.start_soon(stop_on_signal)
     log.info("stopped")
 
 

@@ -1,8 +1,8 @@
 """The kubelet front door: every resource's plugin, the plugin-directory watch, the lock.
 
 Everything runs on trio: one task per resource (``plugin.run``, its gRPC server on the h2
-transport) plus one inotify watcher on the plugin directory; only the Register call uses
-grpc.aio, on the asyncio loop that ``devplug.lib.aio.open_loop()`` provides (trio_asyncio).
+transport, its Register calls on the same transport's client) plus one inotify watcher on
+the plugin directory.
 Everything is event-driven: kubelet restarts are seen through inotify (kubelet deletes every
 socket there and recreates ``kubelet.sock``), and the only timers are retry backoffs while
 kubelet refuses or a socket cannot be bound (and the deadlines of calls that carry one).
@@ -104,8 +104,8 @@ def _lock_holder(fd: int) -> Optional[int]:
 class KubeletAdapter:
     """The device plugins of every resource, kept served and registered with kubelet.
 
-    ``run`` must be called inside ``devplug.lib.aio.open_loop()``. ``set_resources`` and
-    ``notify`` are synchronous and meant to be called from trio code on the event path.
+    ``set_resources`` and ``notify`` are synchronous and meant to be called from trio code
+    on the event path.
     """
 
     def __init__(

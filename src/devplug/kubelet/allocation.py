@@ -12,11 +12,10 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Optional
 
-import grpc
-
 from ..core.edits import env_name, merge
 from ..core.inventory import Entry
 from . import api_pb2
+from .transport import Status
 
 __all__ = ["DeviceRequestError", "allocate", "check_present", "container_response", "env_name",
            "preferred", "resolve"]
@@ -28,7 +27,7 @@ Lookup = Callable[[str], Optional[Entry]]
 class DeviceRequestError(Exception):
     """A request kubelet made that we must refuse, with the gRPC status to refuse it with."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: Status, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -43,12 +42,12 @@ def resolve(resource: str, ids: Iterable[str], lookup: Lookup, *, healthy: bool 
         entry = lookup(device_id)
         if entry is None:
             raise DeviceRequestError(
-                grpc.StatusCode.INVALID_ARGUMENT,
+                Status.INVALID_ARGUMENT,
                 f"unknown device {device_id!r} for resource {resource}",
             )
         if healthy and not entry.healthy:
             raise DeviceRequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+                Status.FAILED_PRECONDITION,
                 f"device {device_id!r} of resource {resource} is unhealthy (unplugged or missing)",
             )
         entries.append(entry)
@@ -81,7 +80,7 @@ def container_response(
     except UnicodeEncodeError:
         ids = ", ".join(repr(e.id) for e in entries)
         raise DeviceRequestError(
-            grpc.StatusCode.FAILED_PRECONDITION,
+            Status.FAILED_PRECONDITION,
             f"devices {ids} of resource {resource}: a path or value is not valid UTF-8",
         ) from None
 
@@ -113,14 +112,14 @@ def preferred(
     """
     offered = dict.fromkeys(available)
     if not 1 <= size <= len(offered):
-        raise DeviceRequestError(grpc.StatusCode.INVALID_ARGUMENT,
+        raise DeviceRequestError(Status.INVALID_ARGUMENT,
                                  f"allocation size {size} is outside 1..{len(offered)} (the available IDs)")
     missing = [i for i in must_include if i not in offered]
     if missing:
-        raise DeviceRequestError(grpc.StatusCode.INVALID_ARGUMENT,
+        raise DeviceRequestError(Status.INVALID_ARGUMENT,
                                  f"must-include IDs {missing!r} are not among the available IDs")
     if len(set(must_include)) > size:
-        raise DeviceRequestError(grpc.StatusCode.INVALID_ARGUMENT,
+        raise DeviceRequestError(Status.INVALID_ARGUMENT,
                                  f"{len(set(must_include))} must-include IDs exceed the size {size}")
     chosen: dict[str, None] = dict.fromkeys(must_include)
     need = size - len(chosen)
@@ -185,6 +184,6 @@ def check_present(
         for path in paths:
             if not exists(path):
                 raise DeviceRequestError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
+                    Status.FAILED_PRECONDITION,
                     f"device {entry.id!r} of resource {resource}: {path} is gone",
                 )

@@ -10,7 +10,8 @@ always runs.
 Expected failures are handled by name: a socket path that cannot be bound (``OSError``:
 taken by a directory, the directory gone or read-only) is retried with backoff; a kubelet
 that is absent is waited for (inotify on the plugin directory fires :attr:`Shared.kubelet`);
-a kubelet that refuses Register (``grpc.aio.AioRpcError``) is retried with backoff.
+a kubelet that refuses Register, does not answer in time or is gone mid-call
+(``transport.RpcError``, of which ``transport.Unavailable``) is retried with backoff.
 Anything else is a bug and propagates.
 """
 
@@ -25,7 +26,6 @@ from collections.abc import Callable
 from typing import Optional
 
 import attrs
-import grpc
 import trio
 
 from ..core.inventory import Entry
@@ -231,8 +231,8 @@ async def _register_once(p: ResourcePlugin, shared: Shared) -> bool:
     t0 = time.perf_counter()
     try:
         await register(shared.kubelet_socket, request)
-    except grpc.aio.AioRpcError as exc:
-        p.last_error = f"register: {exc.code().name}: {exc.details()}"
+    except transport.RpcError as exc:  # refused, timed out, or no kubelet to answer
+        p.last_error = f"register: {exc.code.name}: {exc.message}"
         log.warning("registration failed", extra=kv(resource=p.resource, error=p.last_error))
         if shared.telemetry is not None:
             shared.telemetry.on_registration(p.resource, False)

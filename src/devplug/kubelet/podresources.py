@@ -13,17 +13,17 @@ from collections.abc import Mapping
 from typing import Optional
 
 import attrs
-import grpc
-import trio_asyncio
+from google.protobuf.message import DecodeError
 
 from ..lib.logs import kv
-from . import podresources_pb2, podresources_pb2_grpc
-from .grpc_options import CHANNEL_OPTIONS
+from . import podresources_pb2
+from .transport import RpcError, Status, unary_call
 
 log = logging.getLogger("devplug.podresources")
 
 #: One List may take this long (kubelet answers from memory in well under a millisecond).
 LIST_TIMEOUT = 2.0
+LIST_METHOD = "/v1.PodResourcesLister/List"
 
 
 @attrs.frozen(slots=True)
@@ -51,10 +51,15 @@ def holders_of(response: podresources_pb2.ListPodResourcesResponse) -> dict[tupl
     return out
 
 
-async def _list_aio(socket: str, timeout: float) -> podresources_pb2.ListPodResourcesResponse:
-    async with grpc.aio.insecure_channel("unix://" + socket, options=CHANNEL_OPTIONS) as channel:
-        stub = podresources_pb2_grpc.PodResourcesListerStub(channel)
-        return await stub.List(podresources_pb2.ListPodResourcesRequest(), timeout=timeout)
+async def list_pod_resources(socket: str, timeout: float) -> podresources_pb2.ListPodResourcesResponse:
+    """One ``List`` (its answer may be large: up to the client's 16 MiB); raises
+    :class:`~.transport.RpcError`, an undecodable answer included (``INTERNAL``)."""
+    raw = await unary_call(socket, LIST_METHOD, podresources_pb2.ListPodResourcesRequest().SerializeToString(),
+                           timeout=timeout)
+    try:
+        return podresources_pb2.ListPodResourcesResponse.FromString(raw)
+    except DecodeError as exc:
+        raise RpcError(Status.INTERNAL, f"cannot decode ListPodResourcesResponse: {exc}") from None
 
 
 class PodResources:
@@ -68,9 +73,9 @@ class PodResources:
     async def holders(self) -> Optional[dict[tuple[str, str], tuple[Holder, ...]]]:
         """Who holds what right now, or None when kubelet cannot say (from trio)."""
         try:
-            response = await trio_asyncio.aio_as_trio(_list_aio)(self.socket, self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            error = f"{exc.code().name}: {exc.details()}"
+            response = await list_pod_resources(self.socket, self.timeout)
+        except RpcError as exc:
+            error = f"{exc.code.name}: {exc.message}"
             if self._failing is None:
                 log.info("pod resources unknown: unhealthy IDs are kept (capped per resource)",
                          extra=kv(socket=self.socket, error=error))

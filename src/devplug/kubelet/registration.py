@@ -10,17 +10,16 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-import grpc
 import trio
-import trio_asyncio
 
-from . import api_pb2, api_pb2_grpc
-from .grpc_options import CHANNEL_OPTIONS
+from . import api_pb2
+from .transport import unary_call
 
 API_VERSION = "v1beta1"
 KUBELET_SOCKET = "kubelet.sock"
 #: How long one Register call may take before it counts as refused.
 REGISTER_TIMEOUT = 5.0
+REGISTER_METHOD = "/v1beta1.Registration/Register"
 
 #: ``(st_dev, st_ino, st_ctime_ns)`` of a file: inode numbers alone are reused at once.
 FileIdentity = tuple[int, int, int]
@@ -55,13 +54,10 @@ class Broadcast:
             await self._event.wait()
 
 
-async def _register_aio(kubelet_socket: str, request: api_pb2.RegisterRequest, timeout: float) -> None:
-    async with grpc.aio.insecure_channel("unix://" + kubelet_socket, options=CHANNEL_OPTIONS) as channel:
-        await api_pb2_grpc.RegistrationStub(channel).Register(request, timeout=timeout)
-
-
 async def register(kubelet_socket: str, request: api_pb2.RegisterRequest,
                    timeout: float = REGISTER_TIMEOUT) -> None:
-    """One Register call (from trio); raises ``grpc.aio.AioRpcError`` when kubelet refuses,
-    is gone or does not answer in time. Cancelling the caller cancels the call."""
-    await trio_asyncio.aio_as_trio(_register_aio)(kubelet_socket, request, timeout)
+    """One Register call, on a connection of its own (a new kubelet at the same path is never
+    reached through the old one's connection). Raises :class:`~.transport.RpcError` when
+    kubelet refuses, does not answer in time (``DEADLINE_EXCEEDED``) or is not there
+    (:class:`~.transport.Unavailable`). Cancelling the caller cancels the call."""
+    await unary_call(kubelet_socket, REGISTER_METHOD, request.SerializeToString(), timeout=timeout)

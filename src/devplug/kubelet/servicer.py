@@ -231,7 +231,7 @@ def _path(method: str) -> bytes:
 
 
 def _status(e: allocation.DeviceRequestError) -> RpcError:
-    return RpcError(Status(e.code.value[0]), e.message)
+    return RpcError(e.code, e.message)
 
 
 def _decode(message_type: Callable, data: bytes):

@@ -7,7 +7,7 @@ from typing import Any, Optional, Protocol
 
 import attrs
 
-from .wire import RequestBody, Status
+from .wire import MessageBody, Status
 
 
 @attrs.frozen
@@ -49,7 +49,7 @@ class Stream:
     __slots__ = ("id", "method", "body", "deadline", "headers_sent", "data", "offset", "tag", "next",
                  "next_tag", "source", "dirty", "trailers", "handle", "done", "cooling")
 
-    def __init__(self, stream_id: int, method: Optional[Method], body: Optional[RequestBody]) -> None:
+    def __init__(self, stream_id: int, method: Optional[Method], body: Optional[MessageBody]) -> None:
         self.id = stream_id
         self.method = method
         self.body = body  # the request while it arrives; None once complete

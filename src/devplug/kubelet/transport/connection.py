@@ -25,7 +25,7 @@ import trio
 from ...lib.logs import kv
 from .calls import Limits, Method, ServerStream, Stream
 from .outbound import Outbound
-from .wire import RequestBody, RpcError, Status, frame, parse_timeout
+from .wire import MessageBody, RpcError, Status, frame, parse_timeout
 
 log = logging.getLogger("devplug.kubelet.transport")
 
@@ -168,7 +168,7 @@ class Connection(Outbound):
         if headers.get(b":method") != b"POST":
             self._reset(sid, _ERR.PROTOCOL_ERROR)
             return
-        stream = self.streams[sid] = Stream(sid, self.methods.get(path), RequestBody(self.limits.max_message))
+        stream = self.streams[sid] = Stream(sid, self.methods.get(path), MessageBody(self.limits.max_message))
         content_type = headers.get(b"content-type", b"")
         if not (content_type == b"application/grpc" or content_type.startswith((b"application/grpc+",
                                                                                   b"application/grpc;"))):

@@ -1,4 +1,5 @@
 """gRPC on HTTP/2 (grpc/doc/PROTOCOL-HTTP2.md): message framing, statuses, timeouts. No I/O.
+Shared by the server and the client.
 
 A gRPC message on the wire is a 5-byte prefix (a compressed flag, a big-endian length) and
 the protobuf bytes. The status of a call travels in trailers: ``grpc-status`` and a
@@ -8,7 +9,9 @@ percent-encoded ``grpc-message``.
 from __future__ import annotations
 
 import enum
+import math
 import struct
+import urllib.parse
 
 PREFIX = struct.Struct(">BI")
 
@@ -39,7 +42,8 @@ class Status(enum.IntEnum):
 
 
 class RpcError(Exception):
-    """A call's answer is this status: handlers raise it, the transport sends it as trailers."""
+    """A call's answer is this status: server handlers raise it (the transport sends it as
+    trailers), and the client raises it with the status a call ended with."""
 
     def __init__(self, code: Status, message: str = "") -> None:
         super().__init__(f"{code.name}: {message}")
@@ -60,6 +64,11 @@ def percent_encode(text: str) -> bytes:
     return b"".join(bytes((b,)) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in raw)
 
 
+def percent_decode(raw: bytes) -> str:
+    """A received ``grpc-message``: ``%XX`` decoded, then UTF-8 (invalid escapes kept as sent)."""
+    return urllib.parse.unquote_to_bytes(raw).decode("utf-8", "replace")
+
+
 def trailers(code: Status, message: str = "") -> list[tuple[bytes, bytes]]:
     out = [(b"grpc-status", b"%d" % code)]
     if message:
@@ -78,25 +87,36 @@ def parse_timeout(value: bytes) -> float:
     return int(digits) * _UNITS[unit]
 
 
-class RequestBody:
-    """The single request message of a unary or server-streaming call, arriving in pieces.
+def encode_timeout(seconds: float) -> bytes:
+    """``grpc-timeout`` for ``seconds`` (> 0), rounded up to the finest unit that fits 8 digits."""
+    for unit, scale in ((b"u", 1e6), (b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60), (b"H", 1 / 3600)):
+        value = max(1, math.ceil(seconds * scale))
+        if value <= 99_999_999:
+            return b"%d%s" % (value, unit)
+    return b"99999999H"
+
+
+class MessageBody:
+    """The single message of a call's request (server side) or of a unary response (client
+    side), arriving in pieces.
 
     Checked as soon as its prefix is in, so a message over ``limit`` is refused before it
-    is buffered, and a compressed one before it is read.
+    is buffered, and a compressed one before it is read. ``kind`` names it in the errors.
     """
 
-    __slots__ = ("_buf", "_limit", "_length")
+    __slots__ = ("_buf", "_limit", "_length", "_kind")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, kind: str = "request") -> None:
         self._buf = bytearray()
         self._limit = limit
         self._length = -1
+        self._kind = kind
 
     def __len__(self) -> int:
         return len(self._buf)
 
     def feed(self, data: bytes) -> None:
-        """Append request bytes; raises :class:`RpcError` for what the call must refuse."""
+        """Append message bytes; raises :class:`RpcError` for what the call must refuse."""
         self._buf += data
         if self._length < 0 and len(self._buf) >= PREFIX.size:
             flag, length = PREFIX.unpack_from(self._buf)
@@ -109,11 +129,11 @@ class RequestBody:
                                f"received message larger than max ({length} vs. {self._limit})")
             self._length = length
         if self._length >= 0 and len(self._buf) > PREFIX.size + self._length:
-            raise RpcError(Status.INTERNAL, "more than one request message on a call that takes one")
+            raise RpcError(Status.INTERNAL, f"more than one {self._kind} message on a call that has one")
 
     def message(self) -> bytes:
-        """The complete message, once the client ended its side."""
+        """The complete message, once the peer ended its side."""
         if self._length < 0 or len(self._buf) != PREFIX.size + self._length:
-            raise RpcError(Status.INTERNAL, "the request ended before one whole message"
-                           if self._buf else "no request message")
+            raise RpcError(Status.INTERNAL, f"the {self._kind} ended before one whole message"
+                           if self._buf else f"no {self._kind} message")
         return bytes(self._buf[PREFIX.size:])
