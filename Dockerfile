@@ -3,18 +3,15 @@
 #   docker buildx build --platform linux/amd64,linux/arm64,linux/arm/v7 -t REGISTRY/devplug:0.1.0 --push .
 # The entrypoint is `devplug run`; manifests/ runs it (docs/deploy.md).
 #
-# Dependencies per platform (checked against PyPI for CPython 3.12): grpcio publishes
-# manylinux wheels for x86_64 and aarch64 and linux_armv7l wheels (glibc >= 2.34, which
-# bookworm's 2.36 satisfies); protobuf, attrs, pyudev, trio, trio-asyncio and the rest are
-# pure Python. greenlet (needed by trio-asyncio) has no armv7 wheel, so on arm/v7 the build
-# stage compiles it from source: that is what gcc/g++ are for (about a minute under QEMU).
+# Dependencies per platform (checked against PyPI for CPython 3.12): protobuf publishes
+# manylinux wheels for x86_64 and aarch64 and a pure-Python wheel for the rest (arm/v7);
+# attrs, h11, h2, inotify_simple, prometheus_client, pyudev and trio are pure Python. No
+# dependency compiles anything (devplug speaks gRPC over h2 itself: no grpcio, no greenlet),
+# so the build stage needs no compiler.
 ARG PYTHON_VERSION=3.12
 ARG DEBIAN_RELEASE=bookworm
 
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc g++ \
- && rm -rf /var/lib/apt/lists/*
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 # tests/deploy/test_wheel.py copies exactly these paths, then runs the same script.
@@ -24,8 +21,8 @@ COPY scripts/build-wheels ./scripts/build-wheels
 RUN scripts/build-wheels /wheels
 
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE}
-# libudev1: pyudev loads it with ctypes. libstdc++6: grpcio's and greenlet's extensions
-# link it. Nothing else: no compiler, no shell tools beyond the base image's.
+# libudev1: pyudev loads it with ctypes. libstdc++6: protobuf's C extension (upb) links
+# it. Nothing else: no compiler, no shell tools beyond the base image's.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libudev1 libstdc++6 \
  && rm -rf /var/lib/apt/lists/*

@@ -30,7 +30,7 @@ from devplug.kubelet import api_pb2, api_pb2_grpc, socket_name  # noqa: E402
 R = "devplug.io/bench"
 
 CHILD = r"""
-import sys, trio, trio_asyncio
+import sys, trio
 from devplug.core.inventory import Inventory, Sighting
 from devplug.kubelet import KubeletAdapter
 from devplug.core.rules.model import Claim, Mount
@@ -44,10 +44,9 @@ for k in range(n):
                        usb_node=f"/dev/bus/usb/{k // 100 + 1:03d}/{k % 100 + 1:03d}",
                        topology=f"hub{k // 8}"))
 async def main():
-    async with trio_asyncio.open_loop():
-        ad = KubeletAdapter(plugin_dir=sys.argv[1], inventory=inv, register=False)
-        ad.set_resources([R])
-        await ad.run()
+    ad = KubeletAdapter(plugin_dir=sys.argv[1], inventory=inv, register=False)
+    ad.set_resources([R])
+    await ad.run()
 trio.run(main)
 """
 

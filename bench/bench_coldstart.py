@@ -5,8 +5,8 @@ settle, then for each source starts ``devplug run`` (``Popen``) with the kubelet
 already listening and times until the stand-in receives a ListAndWatch list holding all
 1,000 Healthy; stops it (SIGTERM) and starts it again: the second start's IDs must be the
 first's exactly (kubelet keeps allocations by ID). The floor of the same run: a bare
-``python`` that imports trio, trio_asyncio, grpc and pyudev and enumerates the same block
-devices through libudev.
+``python`` that imports what devplug runs on (trio, h2, protobuf, pyudev) and enumerates the
+same block devices through libudev.
 
     python bench/bench_coldstart.py [--devices 1000] [--sources kernel,udev]
 Needs root. Prints one JSON object, then a table. Every zram device created is removed.
@@ -32,7 +32,7 @@ ZRAM_ID = re.compile(r"zram(\d+)$")
 
 FLOOR = r"""
 import sys, time
-import trio, trio_asyncio, grpc, pyudev
+import trio, h2.connection, google.protobuf, pyudev
 t_import = time.perf_counter_ns()
 ctx = pyudev.Context()
 n = 0
@@ -128,7 +128,7 @@ def main() -> None:
             lines.append(f"{r['source']:<7} {name:<8} {s['registered_ms']:>8} ms {s['first_list_ms']:>6} ms "
                          f"{s['all_streamed_ms']:>10} ms {s['lists_until_complete']:>6} {s['rss_mib']:>8}  "
                          f"{r['ids_identical'] if name == 'restart' else ''}")
-    lines.append(f"floor (bare python: import trio, trio_asyncio, grpc, pyudev; enumerate {fl['devices']} zram "
+    lines.append(f"floor (bare python: import trio, h2, protobuf, pyudev; enumerate {fl['devices']} zram "
                  f"through libudev): imports {fl['imports_ms']} ms, enumerated {fl['enumerated_ms']} ms")
     emit(report, "\n".join(lines))
 

@@ -10,11 +10,11 @@ VmRSS (and the peak, VmHWM) from /proc/<pid>/status:
   (``change``/``add`` written to /sys/class/tty/tty2N/uevent, N=0..9; never ttyS0) as fast
   as possible; measured once the daemon's ``devplug_uevents_total`` counted all of them.
 
-The floor: a bare ``python`` with what devplug runs on imported (trio, trio_asyncio, grpc
-for Register, protobuf, h2, pyudev) and one server of devplug's h2 transport serving on a
-unix socket under trio. Two more floors for comparison: the previous stack (a grpc.aio
-server under trio-asyncio, the floor before the h2 transport) and the h2 transport alone,
-without grpc and trio_asyncio imported (what dropping grpcio from the runtime would give).
+The floor: a bare ``python`` with what devplug runs on imported (trio, protobuf and the
+generated v1beta1 module, h2, pyudev; no grpc, no trio_asyncio: devplug speaks gRPC on h2)
+and one server of devplug's h2 transport serving on a unix socket under trio. One more
+floor for comparison: the stack before the h2 transport (a grpc.aio server under
+trio-asyncio; needs the ``bench`` extra).
 
     python bench/bench_memory.py [--devices 1000] [--uevents 2000] [--source kernel]
 Needs root. Prints one JSON object, then a table. Every zram device created is removed.
@@ -38,16 +38,16 @@ from tests.kubelet_standin import KubeletStandin
 #: Each floor script binds sys.argv[1], prints "ready" and sleeps.
 FLOORS = {
     "floor": r"""
-import functools, sys, trio, trio_asyncio, grpc, grpc.aio, pyudev
+import functools, sys, trio, pyudev
 from devplug.kubelet import api_pb2
 from devplug.kubelet.transport import Server, listen
+assert "grpc" not in sys.modules and "trio_asyncio" not in sys.modules
 pyudev.Context()
 async def main():
-    async with trio_asyncio.open_loop():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(functools.partial(Server({}).serve, listen(sys.argv[1]), grace=0.1))
-            print("ready", flush=True)
-            await trio.sleep_forever()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(Server({}).serve, listen(sys.argv[1]), grace=0.1))
+        print("ready", flush=True)
+        await trio.sleep_forever()
 trio.run(main)
 """,
     "grpc_aio_server": r"""
@@ -61,24 +61,6 @@ async def serve():
 async def main():
     async with trio_asyncio.open_loop():
         server = await trio_asyncio.aio_as_trio(serve)()
-        print("ready", flush=True)
-        await trio.sleep_forever()
-trio.run(main)
-""",
-    "h2_without_grpc": r"""
-import functools, os, sys, types, trio, pyudev
-import devplug
-# Skip devplug.kubelet's __init__ (it imports the Register client, hence grpc).
-pkg = types.ModuleType("devplug.kubelet")
-pkg.__path__ = [os.path.join(devplug.__path__[0], "kubelet")]
-sys.modules["devplug.kubelet"] = pkg
-from devplug.kubelet import api_pb2
-from devplug.kubelet.transport import Server, listen
-assert "grpc" not in sys.modules and "trio_asyncio" not in sys.modules
-pyudev.Context()
-async def main():
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(functools.partial(Server({}).serve, listen(sys.argv[1]), grace=0.1))
         print("ready", flush=True)
         await trio.sleep_forever()
 trio.run(main)

@@ -303,13 +303,16 @@ def machine() -> dict[str, object]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    try:
-        import grpc
-        grpc_version = grpc.__version__
-    except Exception:  # noqa: BLE001
-        grpc_version = "?"
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "-"
+
     return {"nproc": os.cpu_count(), "cpu": model, "kernel": os.uname().release,
-            "python": sys.version.split()[0], "grpcio": grpc_version,
+            "python": sys.version.split()[0], "h2": ver("h2"), "protobuf": ver("protobuf"),
             "loadavg": os.getloadavg()[0]}
 
 

@@ -1,12 +1,10 @@
 """How often the device plugin process wakes up while nothing happens.
 
 Runs the kubelet adapter (one resource on the h2 transport, registered with the kubelet
-stand-in in another process through grpc.aio, one ListAndWatch stream open) in a child
-process, lets it settle, then counts context switches of each of its threads over a window.
-``--server-options`` now only reaches the Register channel. Prints JSON.
+stand-in in another process, one ListAndWatch stream open) in a child process, lets it
+settle, then counts context switches of each of its threads over a window. Prints JSON.
 
-    PYTHONPATH=src python bench/idle_wakeups.py [--seconds 10] [--windows N] [--server-options JSON]
-        [--env KEY=VALUE ...]
+    PYTHONPATH=src python bench/idle_wakeups.py [--seconds 10] [--windows N] [--env KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -22,23 +20,18 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = r"""
-import json, sys, trio, trio_asyncio
+import sys, trio
 from devplug.core.inventory import Inventory, Sighting
 from devplug.core.rules.model import Claim
 import devplug.kubelet.adapter as adapter_mod
-import devplug.kubelet.registration as registration_mod
-opts = json.loads(sys.argv[2])
-if opts is not None:
-    registration_mod.CHANNEL_OPTIONS = [tuple(o) for o in opts]
 R = "devplug.io/serial"
 inv = Inventory()
 for k in range(2):
     inv.apply(Sighting(key=f"/sys/d{k}", present=True, resource=R, base_id=f"D{k}", claim=Claim(resource=R)))
 async def main():
-    async with trio_asyncio.open_loop():
-        ad = adapter_mod.KubeletAdapter(plugin_dir=sys.argv[1], inventory=inv)
-        ad.set_resources([R])
-        await ad.run()
+    ad = adapter_mod.KubeletAdapter(plugin_dir=sys.argv[1], inventory=inv)
+    ad.set_resources([R])
+    await ad.run()
 trio.run(main)
 """
 
@@ -66,7 +59,6 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--settle", type=float, default=2.0)
     ap.add_argument("--windows", type=int, default=1, help="also report the rate per sub-window")
-    ap.add_argument("--server-options", default="null", help="JSON list of [key, value] gRPC channel args")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the plugin process")
     args = ap.parse_args()
 
@@ -78,7 +70,7 @@ def main() -> None:
     )
     assert json.loads(standin.stdout.readline())["event"] == "ready"
     child_env = dict(env, **dict(kv.split("=", 1) for kv in args.env))
-    child = subprocess.Popen([sys.executable, "-c", CHILD, d, args.server_options], env=child_env)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, d], env=child_env)
     try:
         seen = set()
         while "list" not in seen:
@@ -99,7 +91,6 @@ def main() -> None:
         }
         result = {
             "seconds": args.seconds,
-            "server_options": json.loads(args.server_options),
             "env": args.env,
             "threads": len(after),
             "wakeups_per_s": round(sum(per_thread.values()), 2),

@@ -234,7 +234,7 @@ def summary(steps: list[dict]) -> list[Row]:
 def markdown(rows: list[Row], meta: dict) -> str:
     m = meta["machine"]
     head = (f"Run {meta['date']} on {m['nproc']} × {m['cpu']}, kernel {m['kernel']}, Python {m['python']}, "
-            f"grpcio {m['grpcio']}; load average at start {meta['load_start']:.2f}, "
+            f"h2 {m.get('h2', '?')}, protobuf {m.get('protobuf', '?')}; load average at start {meta['load_start']:.2f}, "
             f"suite took {meta['seconds']:.0f} s (`{meta['command']}`).\n\n")
     lines = ["| figure | devplug | goal | floor (same run) | ratio |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]

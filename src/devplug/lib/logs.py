@@ -58,5 +58,3 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # grpc's Cython layer logs every call at DEBUG ("Loaded running loop"): noise, not signal.
-    logging.getLogger("grpc").setLevel(max(logging.WARNING, root.level))
