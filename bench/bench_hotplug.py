@@ -279,7 +279,9 @@ def run_source(source: str, samples: int, held: int, workdir: Path, same: bool =
             floors.append((t1 - t0) / 1e6)
     result = {"src": SRC, "receiver": receiver, "internal": internal, "stages": stages, "source": source, "held_devices": held, "same_resource": same, "samples": len(latencies),
               "receiver_cpu_us_per_list": round(receiver_cpu / len(latencies) * 1e6),
-              "devplug": summary(latencies), "floor": summary(floors) if floors else None}
+              "devplug": summary(latencies), "floor": summary(floors) if floors else None,
+              # (sample index, ms) of every sample over 10 ms: when outliers happen, not only how big
+              "slow_samples": [[i, round(ms, 2)] for i, ms in enumerate(latencies) if ms > 10]}
     if floors:
         result["ratio_p50"] = round(result["devplug"]["p50_ms"] / result["floor"]["p50_ms"], 2)
     return result
