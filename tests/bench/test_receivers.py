@@ -3,7 +3,7 @@
 A real grpcio device plugin on a unix socket registers with each receiver; the receiver must
 report the registration, every list in order with the exact devices, the stream's end, and
 stamp on this process's clock. The Go receiver (bench/gokubelet) is only tested when built
-(``scripts/setup --bench``): the test suite itself never needs a Go toolchain.
+(``scripts/setup --test`` builds it, as ``--bench`` does).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from receivers import GOKUBELET, Receiver  # noqa: E402
 
 RESOURCE = "devplug.io/recv-test"
 GO = pytest.param("go", marks=pytest.mark.skipif(not GOKUBELET.exists(),
-                                                 reason="bench/gokubelet is not built (scripts/setup --bench)"))
+                                                 reason="bench/gokubelet is not built (scripts/setup --test)"))
 KINDS = ["python", GO]
 
 Devices = Optional[list[tuple[str, str]]]
@@ -101,7 +101,7 @@ def test_watch_without_registration(kind: str, plugin: tuple[Plugin, Path]) -> N
 
 def test_go_receiver_refuses_what_kubelet_refuses(plugin: tuple[Plugin, Path]) -> None:
     if not GOKUBELET.exists():
-        pytest.skip("bench/gokubelet is not built (scripts/setup --bench)")
+        pytest.skip("bench/gokubelet is not built (scripts/setup --test)")
     _servicer, plugin_dir = plugin
     with Receiver("go", str(plugin_dir)) as r:
         for version, resource, words in (("v1alpha", RESOURCE, "version"),
@@ -117,7 +117,7 @@ def test_go_receiver_refuses_what_kubelet_refuses(plugin: tuple[Plugin, Path]) -
 
 def test_go_receiver_allocates(plugin: tuple[Plugin, Path]) -> None:
     if not GOKUBELET.exists():
-        pytest.skip("bench/gokubelet is not built (scripts/setup --bench)")
+        pytest.skip("bench/gokubelet is not built (scripts/setup --test)")
     _servicer, plugin_dir = plugin
     with Receiver("go", str(plugin_dir)) as r:
         register(plugin_dir)

@@ -1,6 +1,6 @@
 """kubelet's own client stack against the h2 transport: bench/gokubelet (grpc-go, the device
 manager's Register → dial → GetDevicePluginOptions → ListAndWatch path, Allocate on the same
-connection). Runs where the Go receiver is built (``scripts/setup --bench``)."""
+connection). Runs where the Go receiver is built (``scripts/setup --test`` builds it)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from devplug.core.inventory import Inventory
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from receivers import GOKUBELET, Receiver  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not GOKUBELET.exists(), reason="bench/gokubelet is not built (scripts/setup --bench)")
+pytestmark = pytest.mark.skipif(not GOKUBELET.exists(), reason="bench/gokubelet is not built (scripts/setup --test)")
 
 N = 1000
 

@@ -30,7 +30,15 @@ for word in $(cat /proc/cmdline); do
 done
 
 mount -t tmpfs -o mode=0755,nosuid,nodev run /run
-mount -t tmpfs -o mode=1777,nosuid,nodev tmp /tmp
+# A fresh /tmp, unless the checkout, its interpreter or the bytecode cache live there (a CI
+# checkout under /tmp): then the host's /tmp stays visible, writable through the overlay.
+keep_tmp=
+for p in "$python" "$repo" "$pycache"; do
+    case "$p" in /tmp/*) keep_tmp=1 ;; esac
+done
+if [ -z "$keep_tmp" ]; then
+    mount -t tmpfs -o mode=1777,nosuid,nodev tmp /tmp
+fi
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620 devpts /dev/pts
 mount -t tmpfs -o mode=1777 shm /dev/shm
@@ -61,6 +69,6 @@ done
 log "stage 2 ready, agent on $port"
 cd /tmp
 # The host compiled every module into $pycache (image.warm_bytecode): compiling under TCG
-# would cost the first import of grpc + trio ~20 s. New files compile into the overlay.
+# would cost the first import of trio + h2 + protobuf ~20 s. New files compile into the overlay.
 export PYTHONPYCACHEPREFIX=$pycache HOME=/root
 exec "$python" "$repo/tests/usb/agent.py" "$port" "$repo"
