@@ -93,3 +93,28 @@ def test_usb_node_and_topology():
     assert topology(dev) == "/devices/pci0000:00/usb1/1-1"
     plain = Device(devpath="/devices/virtual/misc/fuse", sysname="fuse")
     assert usb_node(plain) is None and topology(plain) is None
+
+
+def test_usb_identity_keeps_its_interface_while_the_interface_vanishes():
+    """Unplugging: the interface's attributes are gone before a late event for its tty is
+    handled, the USB device still answers. The ID must not lose its -ifNN (it did: the
+    resource briefly listed 0403-6001-A6008isP beside 0403-6001-A6008isP-if00)."""
+    whole = ftdi("1-1.2", "ttyUSB0")
+    iface = whole.parent
+    vanished = Device(devpath=iface.devpath, sysname=iface.sysname, subsystem="usb", devtype="usb_interface",
+                      parent=iface.parent)  # no attributes left
+    tty = Device(devpath=whole.devpath, sysname="ttyUSB0", subsystem="tty", parent=vanished)
+    assert device_id(tty, CLAIM) == device_id(whole, CLAIM) == "0403-6001-A6008isP-if00"
+    # The interface already gone from the chain: the kernel's name in the path still says it.
+    skipped = Device(devpath=whole.devpath, sysname="ttyUSB0", subsystem="tty", parent=iface.parent)
+    assert device_id(skipped, CLAIM) == "0403-6001-A6008isP-if00"
+
+
+def test_interface_number_from_the_path_is_hex_like_the_attribute():
+    usb = Device(devpath="/devices/usb1/1-3", sysname="1-3", subsystem="usb", devtype="usb_device",
+                 read_attr=static_attrs({"idVendor": "2341", "idProduct": "0043", "serial": "S1"}))
+    tty = Device(devpath="/devices/usb1/1-3/1-3:1.10/tty/ttyACM0", sysname="ttyACM0", subsystem="tty", parent=usb)
+    assert device_id(tty, CLAIM) == "2341-0043-S1-if0a"
+    # A path that does not go through one of this device's interfaces adds nothing.
+    odd = Device(devpath="/devices/usb1/1-3/9-9:1.0/ttyACM0", sysname="ttyACM0", subsystem="tty", parent=usb)
+    assert device_id(odd, CLAIM) == "2341-0043-S1"

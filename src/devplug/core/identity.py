@@ -57,6 +57,10 @@ def twin_id(base: str, key: str, length: int = 8) -> str:
     return f"{base}{TWIN_SEP}{digest[:length]}"
 
 
+#: A USB interface's kernel name: ``1-1.2:1.0`` (bus-ports:configuration.interface).
+_IFACE_NAME = re.compile(r"[0-9]+-[0-9.]+:[0-9]+\.([0-9]+)")
+
+
 def split_id(device_id: str) -> Optional[tuple[str, Optional[str], Optional[int]]]:
     """(base, twin tag, copy number) of an ID devplug makes, or ``None`` for any other
     string: the one way an ID splits (see the module docstring)."""
@@ -105,10 +109,24 @@ def _usb_identity(device: Device, usb: Optional[Device], iface: Optional[Device]
     ident = f"{vendor}-{product}-{serial.strip()}"
     if usb is not device:
         ifnum = iface.read_attr("bInterfaceNumber") if iface is not None else None
-        ifnum = ifnum or props.get("ID_USB_INTERFACE_NUM")
+        ifnum = ifnum or props.get("ID_USB_INTERFACE_NUM") or _ifnum_in_path(usb, device)
         if ifnum:
             ident += f"-if{ifnum.strip()}"
     return ident
+
+
+def _ifnum_in_path(usb: Device, device: Device) -> Optional[str]:
+    """bInterfaceNumber from the kernel's name of the interface in ``device``'s path.
+
+    The kernel names an interface ``<bus>-<port path>:<configuration>.<bInterfaceNumber>``
+    (decimal; the sysfs attribute is two hex digits). While a device is being unplugged its
+    interface's attributes can vanish before a late event for the tty is handled (udevd's
+    database repeat under load): the USB device still answers, and without this the ID
+    loses its ``-ifNN`` and the resource briefly lists a second device."""
+    below = device.devpath[len(usb.devpath):] if device.devpath.startswith(usb.devpath + "/") else ""
+    first = below.lstrip("/").split("/", 1)[0]
+    m = _IFACE_NAME.fullmatch(first)
+    return f"{int(m[1]):02x}" if m is not None and first.startswith(usb.sysname + ":") else None
 
 
 def _symlink_named(device: Device, marker: str) -> Optional[str]:
