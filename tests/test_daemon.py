@@ -123,7 +123,7 @@ async def test_coldplug_then_unplug_and_replug_reach_kubelet(setup):
         async def scenario(daemon: Daemon):
             w = await blocking(kubelet.wait_watch, R)
             first = await blocking(w.wait_count, 1)
-            assert first[0].devices == (("0403-6001-A1", "Healthy"),)
+            assert first[0].devices == (("0403-6001-A1-if00", "Healthy"),)
             source.plug(b)
             await blocking(w.wait_for, lambda lst: len(lst.devices) == 2)
             source.unplug(a)
@@ -232,7 +232,7 @@ async def test_replugs_with_new_serials_do_not_grow_the_inventory(setup, short_d
         async def scenario(daemon: Daemon):
             await blocking(kubelet.wait_watch, R)
             if kubelet_knows:
-                kubelet.assign(R, ["0403-6001-HELD"], pod="reader", namespace="iot", container="modbus")
+                kubelet.assign(R, ["0403-6001-HELD-if00"], pod="reader", namespace="iot", container="modbus")
             source.unplug(held)
             for n in range(1, 21):  # a gadget that comes back with a new serial each time
                 gadget = usb_tty(n, f"G{n:02}")
@@ -242,12 +242,12 @@ async def test_replugs_with_new_serials_do_not_grow_the_inventory(setup, short_d
             await until(lambda: len(daemon.inventory.entries(R)) <= (1 if kubelet_knows else 5), timeout=10)
             entries = {e.id: e.health for e in daemon.inventory.entries(R)}
             if kubelet_knows:  # every unheld ID goes after the grace; the held one stays
-                assert entries == {"0403-6001-HELD": "Unhealthy"}
+                assert entries == {"0403-6001-HELD-if00": "Unhealthy"}
                 body = await _get_json(config.debug_socket, "/inventory")
                 assert body["pod_resources"] == "known"
                 assert body["devices"][0]["held_by"] == [{"namespace": "iot", "pod": "reader", "container": "modbus"}]
             else:  # unknown holders: capped, the newest kept
-                assert sorted(entries) == [f"0403-6001-G{n:02}" for n in range(16, 21)]
+                assert sorted(entries) == [f"0403-6001-G{n:02}-if00" for n in range(16, 21)]
                 body = await _get_json(config.debug_socket, "/inventory")
                 assert body["pod_resources"] == "unknown" and body["devices"][0]["held_by"] is None
             text = metrics.exposition(daemon.telemetry.registry).decode()
