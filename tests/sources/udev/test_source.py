@@ -173,6 +173,7 @@ KERNEL=="tty25", SYMLINK+="devplug-test-tty25", ENV{DEVPLUG_UDEV_TEST}="yes", TA
 
 def test_kernel_source_is_enriched_from_the_udev_database(udevd, netlink):
     rules = "/run/udev/rules.d/99-devplug-udev-source-test.rules"
+    made_dir = not os.path.isdir(os.path.dirname(rules))  # a fresh udevd does not create it
     os.makedirs(os.path.dirname(rules), exist_ok=True)
     with open(rules, "w") as f:
         f.write(RULE)
@@ -186,6 +187,8 @@ def test_kernel_source_is_enriched_from_the_udev_database(udevd, netlink):
         (event,) = collect(src, is_event("tty25"), 1)
     finally:
         os.unlink(rules)
+        if made_dir:
+            os.rmdir(os.path.dirname(rules))  # remove what this test created, no more
         subprocess.run(["udevadm", "control", "--reload"], check=True)
         subprocess.run(["udevadm", "trigger", "--settle", "--action=change",
                         "/sys/class/tty/tty25"], check=True)
