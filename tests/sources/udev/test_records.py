@@ -10,7 +10,8 @@ import pyudev
 import pytest
 
 from devplug.sources.udev import DeviceNotFound, device_from_pyudev, find_device, read_sysattr
-from devplug.sources.udev.records import sysattr_reader
+from devplug.core.device import Device
+from devplug.sources.udev.records import ParentCache, device_from_uevent, parent_record, sysattr_reader
 
 pytestmark = pytest.mark.udevd
 
@@ -129,6 +130,49 @@ def test_parent_chain_and_attributes_match_udevadm_attribute_walk(udevd):
                 assert mine == value, (dev.devpath, name)
                 checked += 1
     assert checked > 100
+
+
+def test_event_records_have_the_chain_udevadm_walks(udevd):
+    """A uevent's record (the event path) walks the same parents as coldplug's and udev's,
+    roots without a subsystem included (a PCI device's pci0000:00, a platform device's
+    platform): an event record that stopped below them matched fewer rules than coldplug."""
+    ctx = pyudev.Context()
+    roots = 0
+    for path in sample_devices():
+        dev = pyudev.Devices.from_sys_path(ctx, path)
+        props = dict(dev.properties)
+        props.setdefault("ACTION", "change")
+        chain = [d.devpath for d in device_from_uevent(props, context=ctx, parent_cache=ParentCache()).chain()]
+        assert chain == [b["devpath"] for b in udevadm_attribute_walk(path)], path
+        roots += any(not b["SUBSYSTEM"] for b in udevadm_attribute_walk(path)[1:])
+    assert roots  # the machine has such parents (pci0000:00, platform): the case was exercised
+
+
+def test_a_parent_that_loses_its_uevent_file_while_read_is_left_out(tmp_path):
+    """Half a record (no subsystem) of a parent being removed stays out of the chain and the
+    cache; a parent that simply has no subsystem (its uevent file is there) stays in."""
+    root = tmp_path / "pci0000:00"
+    root.mkdir()
+    (root / "uevent").write_text("")
+    cache = ParentCache()
+
+    def read(syspath: str) -> Device:
+        return Device(devpath=syspath.removeprefix(str(tmp_path)), sysname=os.path.basename(syspath))
+
+    kept = parent_record(str(root), cache, read)
+    assert kept is not None and kept.sysname == "pci0000:00"
+    assert cache.get(str(root))[2]
+
+    going = tmp_path / "1-1"
+    going.mkdir()
+    (going / "uevent").write_text("")
+
+    def read_while_removed(syspath: str) -> Device:
+        os.unlink(os.path.join(syspath, "uevent"))  # the kernel removes it meanwhile
+        return read(syspath)
+
+    assert parent_record(str(going), cache, read_while_removed) is None
+    assert not cache.get(str(going))[2]
 
 
 def test_sysattr_reads_like_sd_device():

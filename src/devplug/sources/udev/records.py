@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from typing import Optional
 
 import pyudev
@@ -189,6 +190,30 @@ class ParentCache:
         self._entries.pop(syspath, None)
 
 
+def parent_record(syspath: str, parent_cache: Optional[ParentCache],
+                  read: Callable[[str], Device]) -> Optional[Device]:
+    """The record of the ancestor device at ``syspath`` (``read`` builds it), through
+    ``parent_cache``; ``None`` when it is gone.
+
+    One that lost its ``uevent`` file between the lookup and the read is being removed:
+    half a record (attributes without a subsystem) would let rules match it under another
+    device's identity, so it is not used (nor cached). Devices that have no subsystem in
+    sysfs (``pci0000:00``, ``platform``) keep their place in the chain, as udev keeps them.
+    """
+    ino, parent, valid = parent_cache.get(syspath) if parent_cache is not None else (None, None, False)
+    if valid:
+        return parent
+    try:
+        parent = read(syspath)
+    except (OSError, pyudev.DeviceNotFoundError):  # gone meanwhile
+        parent = None
+    if parent is not None and parent.subsystem is None and not os.path.exists(syspath + "/uevent"):
+        return None
+    if parent_cache is not None:
+        parent_cache.put(syspath, ino, parent)
+    return parent
+
+
 def device_from_pyudev(
     dev: pyudev.Device,
     *,
@@ -215,18 +240,10 @@ def device_from_pyudev(
         if parent_path in cache:
             parent = cache[parent_path]
         else:
-            ino, parent, valid = (parent_cache.get(sys_root + parent_path) if parent_cache is not None
-                                  else (None, None, False))
-            if not valid:
-                try:
-                    pdev = pyudev.Devices.from_sys_path(dev.context, sys_root + parent_path)
-                    parent = device_from_pyudev(pdev, sys_root=sys_root, _parents=cache,
-                                                parent_cache=parent_cache)
-                except (OSError, pyudev.DeviceNotFoundError):  # gone meanwhile
-                    parent = None
-                if parent_cache is not None:
-                    parent_cache.put(sys_root + parent_path, ino, parent)
-            cache[parent_path] = parent
+            parent = cache[parent_path] = parent_record(
+                sys_root + parent_path, parent_cache,
+                lambda syspath: device_from_pyudev(pyudev.Devices.from_sys_path(dev.context, syspath),
+                                                   sys_root=sys_root, _parents=cache, parent_cache=parent_cache))
     devname = props.get("DEVNAME")
     if devname is not None and not devname.startswith("/"):
         devname = "/dev/" + devname
@@ -264,23 +281,10 @@ def device_from_uevent(props: dict[str, str], *, context: pyudev.Context, sys_ro
         parent_path = parent_devpath(devpath, sys_root=sys_root)
         if parent_path is None:
             return None
-        ino, parent, valid = (parent_cache.get(sys_root + parent_path) if parent_cache is not None
-                              else (None, None, False))
-        if valid:
-            return parent
-        try:
-            pdev = pyudev.Devices.from_sys_path(context, sys_root + parent_path)
-            parent = device_from_pyudev(pdev, sys_root=sys_root, parent_cache=parent_cache)
-        except (OSError, pyudev.DeviceNotFoundError):  # gone meanwhile
-            parent = None
-        if parent is not None and parent.subsystem is None:
-            # Its uevent file went between the lookup and the read: a device being removed.
-            # Half a chain (attributes without a subsystem) would let rules match it under
-            # another device's identity; the device itself is going away with it.
-            return None
-        if parent_cache is not None:
-            parent_cache.put(sys_root + parent_path, ino, parent)
-        return parent
+        return parent_record(
+            sys_root + parent_path, parent_cache,
+            lambda syspath: device_from_pyudev(pyudev.Devices.from_sys_path(context, syspath),
+                                               sys_root=sys_root, parent_cache=parent_cache))
 
     devname = props.get("DEVNAME")
     if devname is not None and not devname.startswith("/"):
