@@ -225,30 +225,13 @@ class Agent:
 
     def op_http_get(self, socket_path: str, path: str, timeout: float = 30) -> Reply:
         """GET over a unix socket (devplug's debug socket): status and body (JSON parsed if it is)."""
-        import socket
+        from devplug.cli.inventory import http_get  # the CLI's own client (h11), as users run it
 
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(socket_path)
-            s.sendall(f"GET {path} HTTP/1.1\r\nhost: devplug\r\nconnection: close\r\n\r\n".encode())
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        if b"transfer-encoding: chunked" in head.lower():
-            out, rest = b"", body
-            while rest:
-                size_line, _, rest = rest.partition(b"\r\n")
-                size = int(size_line.split(b";")[0] or b"0", 16)
-                if size == 0:
-                    break
-                out, rest = out + rest[:size], rest[size + 2:]
-            body = out
-        status = int(head.split(b" ", 2)[1])
+        result = http_get(socket_path, path, timeout=timeout)
         try:
-            return {"status": status, "json": json.loads(body)}
+            return {"status": result.status, "json": json.loads(result.body)}
         except ValueError:
-            return {"status": status, "body": body.decode("utf-8", "backslashreplace")}
+            return {"status": result.status, "body": result.body.decode("utf-8", "backslashreplace")}
 
     # -- the kubelet stand-in ------------------------------------------------------------------
     def op_kubelet_start(self, plugin_dir: str) -> Reply:
