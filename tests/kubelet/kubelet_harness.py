@@ -12,6 +12,9 @@ from devplug.kubelet import KubeletAdapter
 from devplug.core.rules.model import Claim
 
 R = "devplug.io/serial"
+#: Method paths the transport tests call with the bare h2 client.
+LAW = "/v1beta1.DevicePlugin/ListAndWatch"
+ALLOCATE = "/v1beta1.DevicePlugin/Allocate"
 
 
 def seen(key: str, base: str, *, resource: str = R, claim: Optional[Claim] = None, **kw: Any) -> Sighting:
@@ -23,6 +26,13 @@ def seen(key: str, base: str, *, resource: str = R, claim: Optional[Claim] = Non
 
 def gone(key: str) -> Sighting:
     return Sighting(key=key, present=False)
+
+
+def one_device() -> Inventory:
+    """An inventory with one Healthy device (A1, /dev/tty20) in :data:`R`."""
+    inv = Inventory()
+    inv.apply(seen("/sys/a", "A1", devnode="/dev/tty20"))
+    return inv
 
 
 class Harness:

@@ -9,7 +9,6 @@ import time
 
 import grpc
 import pytest
-import trio
 from tests.kubelet.kubelet_harness import R, Harness, gone, run_adapter, seen
 from tests.kubelet_standin import KubeletStandin, blocking
 

@@ -11,21 +11,10 @@ from collections.abc import Callable
 import grpc
 import pytest
 from tests.kubelet.h2client import H2Client, grpc_message
-from tests.kubelet.kubelet_harness import R, Harness, run_adapter, seen
+from tests.kubelet.kubelet_harness import ALLOCATE, LAW, R, Harness, one_device, run_adapter
 from tests.kubelet_standin import blocking
 
-from devplug.core.inventory import Inventory
 from devplug.kubelet import api_pb2, api_pb2_grpc, socket_name
-
-LAW = "/v1beta1.DevicePlugin/ListAndWatch"
-ALLOCATE = "/v1beta1.DevicePlugin/Allocate"
-
-
-def one_device() -> Inventory:
-    inv = Inventory()
-    inv.apply(seen("/sys/a", "A1", devnode="/dev/tty20"))
-    return inv
-
 
 def allocate_request(*ids: str) -> api_pb2.AllocateRequest:
     return api_pb2.AllocateRequest(container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=list(ids))])

@@ -9,14 +9,13 @@ import tracemalloc
 
 import trio
 from tests.kubelet.h2client import H2Client
-from tests.kubelet.kubelet_harness import R, Harness, gone, run_adapter, seen
+from tests.kubelet.kubelet_harness import LAW, R, Harness, gone, run_adapter, seen
 from tests.kubelet_standin import Watch, blocking
 
 from devplug.core.inventory import Inventory
 from devplug.kubelet import api_pb2, socket_name
 from devplug.kubelet.plugin import LIMITS
 
-LAW = "/v1beta1.DevicePlugin/ListAndWatch"
 N = 1000
 
 

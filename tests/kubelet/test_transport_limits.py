@@ -10,22 +10,11 @@ import threading
 import grpc
 import trio
 from tests.kubelet.h2client import H2Client, grpc_message
-from tests.kubelet.kubelet_harness import R, Harness, run_adapter, seen
+from tests.kubelet.kubelet_harness import ALLOCATE, LAW, R, Harness, one_device, run_adapter, seen
 from tests.kubelet_standin import blocking
 
-from devplug.core.inventory import Inventory
 from devplug.kubelet import api_pb2, api_pb2_grpc, socket_name
 from devplug.kubelet.plugin import LIMITS, STOP_GRACE
-
-LAW = "/v1beta1.DevicePlugin/ListAndWatch"
-ALLOCATE = "/v1beta1.DevicePlugin/Allocate"
-
-
-def one_device() -> Inventory:
-    inv = Inventory()
-    inv.apply(seen("/sys/a", "A1", devnode="/dev/tty20"))
-    return inv
-
 
 def test_streams_beyond_the_limit_wait_at_a_compliant_client(plugin_dir):
     """grpcio reads SETTINGS_MAX_CONCURRENT_STREAMS and queues the extra call until one ends."""
