@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import (ROOT, Daemon, ZramPool, emit, ensure_udevd, interrupt_on_sigterm, machine, mib,
+from benchlib import (Daemon, ZramPool, emit, ensure_udevd, interrupt_on_sigterm, machine, mib,
                       require_root, settle)
 from tests.kubelet_standin import DeviceList, KubeletStandin
 

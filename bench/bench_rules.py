@@ -63,7 +63,7 @@ def make_rules(n: int, devices: list[Device], rnd: random.Random) -> str:
         elif style == 3:
             keys = [f'KERNEL=="{dev.sysname}|nomatch"', 'TAG=="systemd"', f'DRIVERS=="{dev.parent.driver}"']  # type: ignore[union-attr]
         else:
-            keys = [f'SUBSYSTEMS=="usb"', f'ATTRS{{product}}=="Gadget {rnd.randrange(len(devices))}"',
+            keys = ['SUBSYSTEMS=="usb"', f'ATTRS{{product}}=="Gadget {rnd.randrange(len(devices))}"',
                     'ATTR{index}!="1"']
         keys.append(f'RESOURCE="res{i % 50}"')
         lines.append(", ".join(keys))

@@ -9,7 +9,6 @@ import stat
 
 import h11
 import pytest
-import trio
 
 from devplug.ops import httpserve
 from devplug.ops.httpserve import Response

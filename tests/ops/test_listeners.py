@@ -14,7 +14,6 @@ import resource
 import socket
 
 import h11
-import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 

@@ -199,7 +199,7 @@ def test_rules_files_udev_reads(udevd):
         theirs = [line.split(": ", 1)[1] for line in r.stderr.splitlines() if line.startswith("Reading rules file: ")]
         ours = [f for f in rulefiles.rule_files([d for d in dirs if os.path.isdir(d)])
                 if os.path.getsize(f) > 0]  # udev skips empty files (and /dev/null masks) unread
-    assert f"/etc/udev/rules.d/99-zz-devplug-dup.rules" in theirs
+    assert "/etc/udev/rules.d/99-zz-devplug-dup.rules" in theirs
     assert not any(".99-zz-devplug-hidden" in f for f in theirs)
     assert [os.path.basename(f) for f in ours] == [os.path.basename(f) for f in theirs]
     assert {f for f in ours if "devplug" in f} == {f for f in theirs if "devplug" in f}
