@@ -8,6 +8,7 @@ Timestamps are ``time.perf_counter_ns()`` (CLOCK_MONOTONIC), comparable across p
 
 from __future__ import annotations
 
+import atexit
 import errno
 import json
 import os
@@ -27,7 +28,8 @@ for _p in (str(ROOT / "src"), str(ROOT)):
 
 HOT_ADD = "/sys/class/zram-control/hot_add"
 HOT_REMOVE = "/sys/class/zram-control/hot_remove"
-UDEVD = ("/lib/systemd/systemd-udevd", "/usr/lib/systemd/systemd-udevd")
+
+from tests import udevd as host_udevd  # noqa: E402  (after the path set-up above)
 
 
 def require_root() -> None:
@@ -106,28 +108,22 @@ def settle(timeout: float = 120.0) -> None:
     subprocess.run(["udevadm", "settle", "-t", str(int(timeout))], check=False, capture_output=True)
 
 
-def udevd_running() -> bool:
-    if not os.path.exists("/run/udev/control"):
-        return False
-    return subprocess.run(["udevadm", "control", "--ping", "-t", "2"], capture_output=True).returncode == 0
+_UDEVD: list[host_udevd.HostUdevd] = []
 
 
 def ensure_udevd() -> None:
-    """Start systemd-udevd (like tests/conftest.py) when none answers; it is left running."""
-    if udevd_running():
+    """Start systemd-udevd (as tests/conftest.py does) when none answers. What it started is
+    stopped when this process exits, and ``/run/udev`` removed if it was not there before."""
+    if host_udevd.running():
         return
-    for binary in UDEVD:
-        if os.access(binary, os.X_OK):
-            subprocess.run([binary, "--daemon"], check=True)
-            deadline = time.monotonic() + 10
-            while not udevd_running():
-                if time.monotonic() > deadline:
-                    raise SystemExit("systemd-udevd did not come up")
-                time.sleep(0.05)
-            subprocess.run(["udevadm", "trigger", "--action=add"], check=False)
-            settle(30)
-            return
-    raise SystemExit("the udev source needs systemd-udevd (Debian package udev)")
+    daemon = host_udevd.HostUdevd()
+    try:
+        daemon.start()
+    except (FileNotFoundError, TimeoutError) as exc:
+        raise SystemExit(f"the udev source needs systemd-udevd: {exc}")
+    if not _UDEVD:
+        atexit.register(lambda: [d.stop() for d in _UDEVD])
+    _UDEVD.append(daemon)
 
 
 def status_kib(pid: int) -> dict[str, int]:

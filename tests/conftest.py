@@ -3,55 +3,31 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-UDEVD_CANDIDATES = ("/lib/systemd/systemd-udevd", "/usr/lib/systemd/systemd-udevd")
+from tests import udevd as host_udevd
+
 IS_ROOT = os.geteuid() == 0
-
-
-def _udevd_running() -> bool:
-    # udevd listens on /run/udev/control; a stale socket file is not proof, so ask it.
-    if not os.path.exists("/run/udev/control"):
-        return False
-    r = subprocess.run(["udevadm", "control", "--ping", "-t", "2"], capture_output=True)
-    return r.returncode == 0
-
-
-def _udevd_binary() -> str | None:
-    for path in UDEVD_CANDIDATES:
-        if os.access(path, os.X_OK):
-            return path
-    return shutil.which("systemd-udevd")
 
 
 @pytest.fixture(scope="session")
 def udevd():
-    """A running systemd-udevd with a populated database, stopped afterwards if we started it."""
+    """A running systemd-udevd with a populated database; what we started (the daemon and
+    ``/run/udev``, if it was not there) is removed afterwards."""
     if not IS_ROOT:
         pytest.skip("systemd-udevd needs root")
-    binary = _udevd_binary()
-    if binary is None:
+    path = host_udevd.binary()
+    if path is None:
         pytest.skip("systemd-udevd is not installed (Debian package 'udev')")
-    started = False
-    if not _udevd_running():
-        subprocess.run([binary, "--daemon"], check=True)
-        deadline = time.monotonic() + 10
-        while not _udevd_running():
-            if time.monotonic() > deadline:
-                pytest.fail("systemd-udevd did not come up")
-            time.sleep(0.05)
-        started = True
-        subprocess.run(["udevadm", "trigger", "--action=add"], check=True)
-        subprocess.run(["udevadm", "trigger", "--action=add", "--type=subsystems"], check=True)
-    subprocess.run(["udevadm", "settle", "-t", "30"], check=True)
-    yield binary
-    if started:
-        subprocess.run(["udevadm", "control", "--exit"], check=False)
+    daemon = host_udevd.HostUdevd()
+    try:
+        daemon.start()
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
+    yield path
+    daemon.stop()
 
 
 @pytest.fixture
