@@ -14,13 +14,17 @@ from __future__ import annotations
 import collections
 import logging
 import socket
+import struct
 import time
 from typing import Any, Optional
 
 import h2.connection
 import h2.errors
 import h2.exceptions
+import h2.stream
 import trio
+from h2.connection import ConnectionState
+from h2.stream import StreamState
 
 from ...lib.logs import kv
 from .calls import Limits, Stream
@@ -29,6 +33,11 @@ from .wire import RESPONSE_HEADERS, Status, trailers
 log = logging.getLogger("devplug.kubelet.transport")
 
 _ERR = h2.errors.ErrorCodes
+#: A DATA frame's header (RFC 9113 §4.1): length (24 bits) and type 0 in one word, flags, stream.
+_DATA_HEADER = struct.Struct(">IBI")
+_CONN_OPEN = frozenset({ConnectionState.SERVER_OPEN, ConnectionState.CLIENT_OPEN})
+#: Stream states in which h2 lets DATA go out (and does nothing else when it does).
+_STREAM_SENDS = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
 
 
 class Outbound:
@@ -191,13 +200,25 @@ class Outbound:
                         break
                     if len(self.out) >= self.limits.out_high:
                         return True
-                    room = min(h2conn.local_flow_control_window(sid), frame_size)
-                    if room <= 0:
-                        break  # a WINDOW_UPDATE will resume it
-                    end = stream.offset + room
-                    h2conn.send_data(sid, stream.data[stream.offset:end])
-                    stream.offset = min(end, len(stream.data))
-                    self._take()
+                    h2stream = h2conn.streams.get(sid)
+                    if (h2stream is not None and h2conn.state_machine.state in _CONN_OPEN
+                            and h2stream.state_machine.state in _STREAM_SENDS):
+                        room = min(h2conn.outbound_flow_control_window, h2stream.outbound_flow_control_window,
+                                   frame_size)
+                        if room <= 0:
+                            break  # a WINDOW_UPDATE will resume it
+                        self._take()  # h2's frames (the headers) go first
+                        chunk = stream.data[stream.offset:stream.offset + room]
+                        self._data_frame(sid, chunk, h2conn, h2stream)
+                        stream.offset += len(chunk)
+                    else:  # h2 says why not (a reset stream, a closed connection)
+                        room = min(h2conn.local_flow_control_window(sid), frame_size)
+                        if room <= 0:
+                            break
+                        end = stream.offset + room
+                        h2conn.send_data(sid, stream.data[stream.offset:end])
+                        stream.offset = min(end, len(stream.data))
+                        self._take()
                     if stream.offset == len(stream.data):
                         stream.data = None
                         if stream.handle is not None:
@@ -211,6 +232,21 @@ class Outbound:
             except h2.exceptions.StreamClosedError:  # reset by the client in data not read yet
                 self._forget(stream)
         return False
+
+    def _data_frame(self, sid: int, chunk: memoryview, h2conn: h2.connection.H2Connection,
+                    h2stream: h2.stream.H2Stream) -> None:
+        """One DATA frame, framed here and counted against h2's send windows as
+        ``H2Connection.send_data`` would: what h2 adds for an open stream on an open
+        connection (two state-machine steps that change nothing, a frame object, its
+        serialisation, debug logging) was ~70 µs of each list on the event path.
+        ``tests/kubelet/test_transport_frames.py`` holds this to h2's own bytes and windows."""
+        n = len(chunk)
+        out = self.out
+        out += _DATA_HEADER.pack(n << 8, 0, sid)
+        out += chunk
+        self.queued += _DATA_HEADER.size + n
+        h2conn.outbound_flow_control_window -= n
+        h2stream.outbound_flow_control_window -= n
 
     def _start(self, stream: Stream) -> bool:
         """Take the stream's next message to write: a queued one, else its source's newest."""
