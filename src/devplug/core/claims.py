@@ -15,7 +15,9 @@ from typing import Optional
 from . import identity
 from .device import Device, PathMode
 from .inventory import HOSTPATH_PREFIX, Change, Inventory, Refusal, Sighting
+from .recall import Recall, Touch, watching
 from .rules import Claim, RuleSet
+from .rules.host import as_host
 from .rules.escape import safe_paths
 from .rules.model import DEFAULT_DOMAIN, OPT_SYMLINKS, OPT_USB_NODE
 
@@ -63,18 +65,48 @@ class Pipeline:
     """
 
     def __init__(self, ruleset: RuleSet, inventory: Inventory, *, domain: str = DEFAULT_DOMAIN,
-                 path_mode: PathMode = _no_paths) -> None:
-        self.ruleset = ruleset
+                 path_mode: PathMode = _no_paths, recall: bool = True) -> None:
         self.inventory = inventory
         self.domain = domain
         self.path_mode = path_mode
+        self._touch = Touch()
+        self._host = watching(as_host(path_mode), self._touch)
+        self.recall: Optional[Recall] = Recall() if recall else None
+        self.ruleset = ruleset
+
+    @property
+    def ruleset(self) -> RuleSet:
+        return self._ruleset
+
+    @ruleset.setter
+    def ruleset(self, ruleset: RuleSet) -> None:
+        """New rules: nothing remembered under the old ones is reused."""
+        self._ruleset = ruleset
+        if self.recall is not None:
+            self.recall.clear()
+            self.recall.ignore_seqnum = not ruleset.mentions("SEQNUM")
 
     # ---- udev devices ---------------------------------------------------------------
     def sight(self, device: Device, action: str = "add") -> Sighting:
-        key = device.syspath
+        """What one uevent says of a device: its last sighting when none of the inputs
+        changed (:mod:`.recall`), else a fresh pass over the rules and the identity."""
         if action in ABSENT_ACTIONS:
-            return Sighting(key=key, present=False)
-        claim = self.ruleset.evaluate(device, action=action, domain=self.domain, path_mode=self.path_mode)
+            return Sighting(key=device.syspath, present=False)
+        recall = self.recall
+        if recall is None:
+            return self._sight(device, action)
+        hit = recall.recall(device, action)
+        if hit is not None:
+            return hit
+        self._touch.hit = False
+        sighting = self._sight(device, action)
+        if not self._touch.hit:
+            recall.remember(device, action, sighting)
+        return sighting
+
+    def _sight(self, device: Device, action: str) -> Sighting:
+        key = device.syspath
+        claim = self.ruleset.evaluate(device, action=action, domain=self.domain, path_mode=self._host)
         if claim.resource is None:
             return Sighting(key=key, present=True)
         usb = identity.usb_ancestors(device)
@@ -107,7 +139,8 @@ class Pipeline:
 
     def resync(self, devices: Iterable[Device]) -> Change:
         """A full enumeration (coldplug, after an overflow, after a rules reload)."""
-        return self.inventory.resync((self.sight(d, "add") for d in devices), hostpath=False)
+        # Not remembered: an enumeration's records (udev's database) never equal an event's.
+        return self.inventory.resync((self._sight(d, "add") for d in devices), hostpath=False)
 
     # ---- host paths -----------------------------------------------------------------
     def sight_path(self, path: str) -> Sighting:

@@ -223,6 +223,10 @@ class RuleSet:
             out |= subs
         return frozenset(out)
 
+    def mentions(self, word: str) -> bool:
+        """Whether any device rule's text contains ``word`` (a property name, say)."""
+        return any(word in r.ref.text for r in self._device_rules)
+
     def resources(self, domain: str = DEFAULT_DOMAIN) -> frozenset[str]:
         """Full names of every resource a rule can claim."""
         return frozenset(full_resource(a.value, domain) for r in self.rules for a in r.assigns

@@ -37,6 +37,8 @@ _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 #: The kernel's uevent buffer is 2 KiB of environment; udevd's messages are bigger (every
 #: property): 64 KiB leaves room, and MSG_TRUNC tells when even that was not enough.
 _MAX_MESSAGE = 64 * 1024
+#: A plain int: ``flags & socket.MSG_TRUNC`` would go through enum.IntFlag's Python operators.
+_MSG_TRUNC = int(socket.MSG_TRUNC)
 
 
 def parse(data: bytes) -> Optional[dict[str, str]]:
@@ -115,7 +117,7 @@ class UeventSocket:
                 return props
 
     def _accept(self, data: bytes, anc: list, flags: int, addr: object) -> Optional[dict[str, str]]:
-        if flags & socket.MSG_TRUNC or not data:
+        if flags & _MSG_TRUNC or not data:
             return None
         if isinstance(addr, tuple) and len(addr) >= 2:
             port, groups = addr[0], addr[1]

@@ -63,18 +63,27 @@ def read_sysattr(syspath: str, name: str) -> Optional[str]:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def sysattr_reader(syspath: str) -> AttrReader:
-    """A lazy, caching :data:`AttrReader` for the device at ``syspath``."""
-    cache: dict[str, Optional[str]] = {}
+class SysAttrs:
+    """A lazy, caching :data:`AttrReader` for the device at ``syspath``; ``values`` is what
+    it has answered so far (the pipeline re-checks those to reuse a device's last claim)."""
 
-    def read(name: str) -> Optional[str]:
+    __slots__ = ("syspath", "values")
+
+    def __init__(self, syspath: str) -> None:
+        self.syspath = syspath
+        self.values: dict[str, Optional[str]] = {}
+
+    def __call__(self, name: str) -> Optional[str]:
         try:
-            return cache[name]
+            return self.values[name]
         except KeyError:
-            value = cache[name] = read_sysattr(syspath, name)
+            value = self.values[name] = read_sysattr(self.syspath, name)
             return value
 
-    return read
+
+def sysattr_reader(syspath: str) -> AttrReader:
+    """A lazy, caching :data:`AttrReader` for the device at ``syspath``."""
+    return SysAttrs(syspath)
 
 
 def _tags(props: dict[str, str]) -> frozenset[str]:

@@ -207,6 +207,8 @@ class UdevSource:
         self.subsystems = frozenset(subsystems) if subsystems else None
         self.receive_buffer = receive_buffer
         self.context = context or pyudev.Context()
+        # pyudev looks the libudev symbol up (a failing dlsym) on every ``sys_path`` read.
+        self.sys_root: str = self.context.sys_path
         # libudev objects are not thread-safe: an enumeration in a worker thread gets a
         # context of its own, unless the caller supplied one (tests with a fake sysfs).
         self._enum_context: Callable[[], pyudev.Context] = (lambda: context) if context else pyudev.Context
@@ -286,7 +288,7 @@ class UdevSource:
 
     def _record(self, props: dict[str, str], action: str) -> tuple[Device, Optional[tuple[int, int]]]:
         """The event's record, and the stamp of the udev database file merged into it."""
-        sys_root = self.context.sys_path
+        sys_root = self.sys_root
         self._parent_cache.forget(sys_root + props["DEVPATH"])
         record = device_from_uevent(props, context=self.context, sys_root=sys_root,
                                     parent_cache=self._parent_cache, gone=action in _ABSENT)
@@ -335,7 +337,7 @@ class UdevSource:
                     # going away is not repeated (its remove is on the way).
                     if watch is not None:
                         for action, again in watch.changed():
-                            if os.path.exists(self.context.sys_path + again["DEVPATH"] + "/uevent"):
+                            if os.path.exists(self.sys_root + again["DEVPATH"] + "/uevent"):
                                 record, stamp = self._record(again, action)
                                 watch.seen(action, record, again, True, stamp)
                                 yielded = True

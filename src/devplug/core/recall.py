@@ -1,0 +1,129 @@
+"""A device's last sighting, reused when nothing the rules and the identity read has changed.
+
+Most uevents of a claimed device repeat what devplug saw last time: a port's ``remove`` and
+``add``, a ``change``, ``bind``, udevd's database repeat. Running the rules and deriving
+the ID again gives the same answer whenever every input is the same, and those are few:
+
+* the record: every property (``SEQNUM`` aside, unless a rule names it), the driver and
+  the action, which also fix the subsystem, kernel name, node, links and tags;
+* the parent chain: the same parent *record* (the udev adapter shares parent records
+  while their sysfs directory is the same one, with the attribute values they read);
+* the device's own sysfs attributes that were read: each is read again and compared;
+* nothing from the rest of the machine: a pass that asked the host (``TEST``,
+  ``SYSCTL{}``, ``CONST{}``, ``[subsystem/sysname]``) is not remembered.
+
+Checking that costs a dictionary comparison and the attribute reads; on a cold CPU (a
+uevent arrives after the process slept) it is a fraction of a rules pass plus the identity
+derivation. Pure: the attribute reads go through the record's own reader. Bounded: at most
+``limit`` devices are remembered, the least recently seen forgotten first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Optional
+
+from .device import Device
+from .inventory import Sighting
+from .rules.host import NO_HOST, Host
+
+
+class _Memo:
+    __slots__ = ("action", "props", "driver", "parent", "attrs", "sighting")
+
+    def __init__(self, action: str, props: dict[str, str], driver: Optional[str], parent: Optional[Device],
+                 attrs: tuple[tuple[str, Optional[str]], ...], sighting: Sighting) -> None:
+        self.action = action
+        self.props = props
+        self.driver = driver
+        self.parent = parent
+        self.attrs = attrs
+        self.sighting = sighting
+
+
+def attrs_read(device: Device) -> Optional[dict[str, Optional[str]]]:
+    """What the record's attribute reader has answered so far, when it keeps that
+    (``None``: a reader that does not say, so the device is never remembered)."""
+    return getattr(device.read_attr, "values", None)
+
+
+class Recall:
+    """Remembered sightings by device key (its syspath)."""
+
+    #: Devices remembered at most: a gadget replugging under new paths must not grow this.
+    LIMIT = 1024
+
+    def __init__(self, *, ignore_seqnum: bool = True, limit: int = LIMIT) -> None:
+        self.ignore_seqnum = ignore_seqnum
+        self.limit = limit
+        self.hits = 0
+        self._memo: dict[str, _Memo] = {}
+
+    def __len__(self) -> int:
+        return len(self._memo)
+
+    def clear(self) -> None:
+        self._memo.clear()
+
+    def recall(self, device: Device, action: str) -> Optional[Sighting]:
+        """The sighting of this device's last pass, if every input is still the same."""
+        key = device.syspath
+        m = self._memo.get(key)
+        if m is None:
+            return None
+        props = device.properties
+        if self.ignore_seqnum and "SEQNUM" in props and "SEQNUM" in m.props:
+            m.props["SEQNUM"] = props["SEQNUM"]  # a private copy: let the comparison skip it
+        if (m.action != action or m.props != props or m.driver != device.driver
+                or device.parent is not m.parent):
+            return None
+        read = device.read_attr
+        for name, value in m.attrs:
+            if read(name) != value:
+                return None
+        del self._memo[key]
+        self._memo[key] = m  # most recently seen last
+        self.hits += 1
+        return m.sighting
+
+    def remember(self, device: Device, action: str, sighting: Sighting) -> None:
+        """Keep a fresh sighting whose pass read only the record (see :func:`watching`)."""
+        values = attrs_read(device)
+        if values is None:
+            return
+        key = device.syspath
+        self._memo.pop(key, None)
+        self._memo[key] = _Memo(action, dict(device.properties), device.driver, device.parent,
+                                tuple(values.items()), sighting)
+        while len(self._memo) > self.limit:
+            del self._memo[next(iter(self._memo))]
+
+    def forget(self, key: str) -> None:
+        self._memo.pop(key, None)
+
+
+class Touch:
+    """Set when a rules pass asked the machine anything (see :func:`watching`)."""
+
+    __slots__ = ("hit",)
+
+    def __init__(self) -> None:
+        self.hit = False
+
+
+def watching(host: Host, touch: Touch) -> Host:
+    """``host``, with every answer it gives noted in ``touch``: such a pass depends on more
+    than the record, so its sighting is not remembered. ``NO_HOST`` stays itself (rules
+    treat it specially, and it answers nothing)."""
+    if host is NO_HOST:
+        return host
+
+    def noted(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            touch.hit = True
+            return fn(*args)
+        return call
+
+    return Host(noted(host.path_mode), list_dir=noted(host.list_dir), sysctl=noted(host.sysctl),
+                device_syspath=noted(host.device_syspath), read_attr=noted(host.read_attr),
+                arch=noted(host.arch), virt=noted(host.virt))

@@ -1,0 +1,175 @@
+"""Recall: a device's last sighting is reused only while every input the rules and the
+identity read is the same; any change runs the rules again."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pytest
+
+from devplug.core.claims import Pipeline
+from devplug.core.device import Device
+from devplug.core.inventory import Inventory
+from devplug.core.recall import Recall
+from devplug.core.rules import RuleSet, parse_rules
+from devplug.core.rules.host import Host
+
+USB = "/devices/pci0000:00/0000:00:14.0/usb1/1-1"
+TTY = USB + "/1-1:1.0/ttyUSB0/tty/ttyUSB0"
+RULES = ('SUBSYSTEM=="tty", ATTRS{idVendor}=="0403", RESOURCE="serial"\n'
+         'SUBSYSTEM=="tty", KERNEL=="ttyS*", ATTR{type}=="4", RESOURCE="uart", DEVICE_ID="uart-$attr{line}"\n')
+
+
+class Attrs:
+    """A reader like the udev adapter's: it keeps what it answered in ``values``."""
+
+    def __init__(self, sysfs: dict[str, str]) -> None:
+        self.sysfs = sysfs
+        self.values: dict[str, Optional[str]] = {}
+        self.reads = 0
+
+    def __call__(self, name: str) -> Optional[str]:
+        if name not in self.values:
+            self.reads += 1
+            self.values[name] = self.sysfs.get(name)
+        return self.values[name]
+
+
+def ruleset(text: str = RULES) -> RuleSet:
+    rules, errors = parse_rules(text, "t.rules")
+    assert not errors
+    return RuleSet(files=("t.rules",), rules=tuple(rules))
+
+
+class Counting:
+    def __init__(self, rs: RuleSet) -> None:
+        self.rs, self.runs = rs, 0
+        self.evaluate = rs.evaluate
+        rs.evaluate = self  # type: ignore[method-assign]
+
+    def __call__(self, *a, **kw):
+        self.runs += 1
+        return self.evaluate(*a, **kw)
+
+
+USB_PARENT = Device(devpath=USB, sysname="1-1", subsystem="usb", devtype="usb_device",
+                    read_attr={"idVendor": "0403", "idProduct": "6001", "serial": "A1"}.get)
+
+
+def tty(seq: int, *, sysfs: Optional[dict[str, str]] = None, parent: Optional[Device] = USB_PARENT,
+        **props: str) -> Device:
+    p = {"ACTION": "add", "DEVPATH": TTY, "SUBSYSTEM": "tty", "DEVNAME": "/dev/ttyUSB0", "SEQNUM": str(seq), **props}
+    return Device(devpath=TTY, sysname="ttyUSB0", subsystem="tty", devnode="/dev/ttyUSB0", properties=p,
+                  read_attr=Attrs(sysfs or {}), parent=parent)
+
+
+def flip(p: Pipeline, dev: Device) -> None:
+    p.handle(dev, "remove")
+    p.handle(dev, "add")
+
+
+def health(p: Pipeline, resource: str = "devplug.io/serial") -> dict[str, str]:
+    return {e.id: e.health for e in p.inventory.entries(resource)}
+
+
+def test_the_same_device_again_reuses_its_sighting_and_the_inventory_still_flips():
+    rs = ruleset()
+    runs = Counting(rs)
+    p = Pipeline(rs, Inventory())
+    p.handle(tty(1), "add")
+    assert runs.runs == 1
+    for seq in range(2, 12, 2):
+        p.handle(tty(seq), "remove")
+        assert health(p) == {"0403-6001-A1-if00": "Unhealthy"}
+        p.handle(tty(seq + 1), "add")
+        assert set(health(p).values()) == {"Healthy"}
+    assert runs.runs == 1, "SEQNUM alone differs: the rules never ran again"
+    assert p.recall is not None and p.recall.hits == 5
+
+
+@pytest.mark.parametrize("change", ["property", "driver", "action", "parent", "attribute"])
+def test_any_changed_input_runs_the_rules_again(change):
+    rs = ruleset()
+    runs = Counting(rs)
+    p = Pipeline(rs, Inventory())
+    first = Device(devpath="/devices/platform/serial8250/tty/ttyS3", sysname="ttyS3", subsystem="tty",
+                   devnode="/dev/ttyS3", properties={"SEQNUM": "1", "MAJOR": "4"},
+                   read_attr=Attrs({"type": "4", "line": "3"}))
+    p.handle(first, "add")
+    assert health(p, "devplug.io/uart") == {"uart-3": "Healthy"}
+    kw = dict(devpath=first.devpath, sysname="ttyS3", subsystem="tty", devnode="/dev/ttyS3",
+              properties={"SEQNUM": "2", "MAJOR": "4"}, read_attr=Attrs({"type": "4", "line": "3"}))
+    action = "add"
+    if change == "property":
+        kw["properties"] = {"SEQNUM": "2", "MAJOR": "5"}
+    elif change == "driver":
+        kw["driver"] = "serial8250"
+    elif change == "action":
+        action = "change"
+    elif change == "parent":
+        kw["parent"] = Device(devpath="/devices/platform/serial8250", sysname="serial8250")
+    elif change == "attribute":
+        kw["read_attr"] = Attrs({"type": "4", "line": "7"})  # the same port now says line 7
+    p.handle(Device(**kw), action)
+    assert runs.runs == 2
+    if change == "attribute":
+        assert health(p, "devplug.io/uart") == {"uart-7": "Healthy"}  # the new answer, not the remembered one
+
+
+def test_an_attribute_that_stopped_matching_unclaims_the_device():
+    p = Pipeline(ruleset(), Inventory())
+    dev = dict(devpath="/devices/platform/serial8250/tty/ttyS3", sysname="ttyS3", subsystem="tty",
+               devnode="/dev/ttyS3")
+    p.handle(Device(**dev, properties={"SEQNUM": "1"}, read_attr=Attrs({"type": "4", "line": "3"})), "add")
+    assert health(p, "devplug.io/uart") == {"uart-3": "Healthy"}
+    change = p.handle(Device(**dev, properties={"SEQNUM": "2"}, read_attr=Attrs({"type": "0", "line": "3"})), "change")
+    assert change.ids == (("devplug.io/uart", "uart-3"),)
+    assert health(p, "devplug.io/uart") == {}
+
+
+def test_a_rule_that_names_seqnum_is_never_answered_from_memory():
+    rs = ruleset('SUBSYSTEM=="tty", ENV{SEQNUM}=="[0-9]*", RESOURCE="serial"\n')
+    runs = Counting(rs)
+    p = Pipeline(rs, Inventory())
+    flip(p, tty(1))
+    flip(p, tty(2))
+    assert runs.runs == 2
+
+
+def test_a_pass_that_asked_the_machine_is_not_remembered():
+    rs = ruleset('SUBSYSTEM=="tty", TEST=="/dev/ttyUSB0", RESOURCE="serial"\n')
+    runs = Counting(rs)
+    asked: list[str] = []
+    p = Pipeline(rs, Inventory(), path_mode=Host(lambda path: asked.append(path) or 0o20600))
+    flip(p, tty(1))
+    flip(p, tty(2))
+    assert runs.runs == 2 and asked == ["/dev/ttyUSB0", "/dev/ttyUSB0"]
+    assert p.recall is not None and len(p.recall) == 0
+
+
+def test_new_rules_forget_everything_remembered():
+    p = Pipeline(ruleset(), Inventory())
+    p.handle(tty(1), "add")
+    assert p.recall is not None and len(p.recall) == 1
+    p.ruleset = ruleset('SUBSYSTEM=="tty", ATTRS{idVendor}=="0403", RESOURCE="other"\n')
+    assert len(p.recall) == 0
+    p.handle(tty(2), "add")
+    assert {e.id for e in p.inventory.entries("devplug.io/other")} == {"0403-6001-A1-if00"}
+
+
+def test_a_reader_that_does_not_say_what_it_read_is_never_remembered():
+    p = Pipeline(ruleset(), Inventory())
+    p.handle(Device(devpath=TTY, sysname="ttyUSB0", subsystem="tty", parent=USB_PARENT,
+                    read_attr={"x": "1"}.get), "add")
+    assert p.recall is not None and len(p.recall) == 0
+
+
+def test_memory_is_bounded_whatever_paths_a_gadget_replugs_under():
+    recall = Recall(limit=8)
+    p = Pipeline(ruleset(), Inventory())
+    p.recall = recall
+    for k in range(100):
+        path = f"/devices/platform/serial8250/tty/ttyS{k}"
+        p.handle(Device(devpath=path, sysname=f"ttyS{k}", subsystem="tty", devnode=f"/dev/ttyS{k}",
+                        properties={"SEQNUM": str(k)}, read_attr=Attrs({"type": "4", "line": str(k)})), "add")
+    assert len(recall) == 8
