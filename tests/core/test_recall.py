@@ -173,3 +173,14 @@ def test_memory_is_bounded_whatever_paths_a_gadget_replugs_under():
         p.handle(Device(devpath=path, sysname=f"ttyS{k}", subsystem="tty", devnode=f"/dev/ttyS{k}",
                         properties={"SEQNUM": str(k)}, read_attr=Attrs({"type": "4", "line": str(k)})), "add")
     assert len(recall) == 8
+
+
+def test_enumerations_neither_use_nor_feed_the_memory():
+    rs = ruleset()
+    runs = Counting(rs)
+    p = Pipeline(rs, Inventory())
+    p.resync([tty(1)])
+    assert p.recall is not None and len(p.recall) == 0
+    p.handle(tty(2), "add")
+    p.sight(tty(3), "add", recall=False)
+    assert runs.runs == 3 and p.recall.hits == 0 and len(p.recall) == 1

@@ -154,3 +154,29 @@ async def test_while_kubelet_is_unknown_ids_are_kept_but_capped_oldest_first(aut
         await trio.sleep(collector.recheck + 1)
         assert ids(inv) == {}
         nursery.cancel_scope.cancel()
+
+
+async def test_a_flip_among_a_thousand_is_planned_from_the_change_alone(autojump_clock):
+    """Woken with the change, planning looks at the IDs it names (and the Unhealthy ones it
+    knows), not at every entry; the schedule is the same as with a full look."""
+    inv, kubelet, collector, changes = setup()
+    scans = []
+    all_entries = inv.all_entries
+    inv.all_entries = lambda: (scans.append(1), all_entries())[1]  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collector.run)
+        collector.wake(inv.apply(*(seen(f"/sys/d{k}", f"D{k}") for k in range(1000))))
+        await trio.sleep(1)
+        first = len(scans)
+        assert first == 1  # once at start: nothing known yet
+        for _ in range(50):
+            collector.wake(inv.apply(gone("/sys/d7")))
+            await trio.sleep(1)
+            collector.wake(inv.apply(seen("/sys/d7", "D7")))
+            await trio.sleep(1)
+        assert len(scans) == first, "no pass over all 1,000 entries after a flip"
+        collector.wake(inv.apply(gone("/sys/d9")))
+        await trio.sleep(GRACE + 1)
+        assert "D9" not in ids(inv) and len(ids(inv)) == 999
+        assert changes[-1].forgotten == 1
+        nursery.cancel_scope.cancel()

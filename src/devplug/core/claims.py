@@ -70,7 +70,8 @@ class Pipeline:
         self.domain = domain
         self.path_mode = path_mode
         self._touch = Touch()
-        self._host = watching(as_host(path_mode), self._touch)
+        self._plain_host = as_host(path_mode)
+        self._host = watching(self._plain_host, self._touch)
         self.recall: Optional[Recall] = Recall() if recall else None
         self.ruleset = ruleset
 
@@ -87,26 +88,29 @@ class Pipeline:
             self.recall.ignore_seqnum = not ruleset.mentions("SEQNUM")
 
     # ---- udev devices ---------------------------------------------------------------
-    def sight(self, device: Device, action: str = "add") -> Sighting:
+    def sight(self, device: Device, action: str = "add", *, recall: bool = True) -> Sighting:
         """What one uevent says of a device: its last sighting when none of the inputs
-        changed (:mod:`.recall`), else a fresh pass over the rules and the identity."""
+        changed (:mod:`.recall`), else a fresh pass over the rules and the identity.
+
+        ``recall=False`` (enumerations, which run in a worker thread) neither uses nor
+        feeds what is remembered: that stays with the event path's thread."""
         if action in ABSENT_ACTIONS:
             return Sighting(key=device.syspath, present=False)
-        recall = self.recall
-        if recall is None:
-            return self._sight(device, action)
-        hit = recall.recall(device, action)
+        memo = self.recall if recall else None
+        if memo is None:
+            return self._sight(device, action, self._plain_host)
+        hit = memo.recall(device, action)
         if hit is not None:
             return hit
         self._touch.hit = False
-        sighting = self._sight(device, action)
+        sighting = self._sight(device, action, self._host)
         if not self._touch.hit:
-            recall.remember(device, action, sighting)
+            memo.remember(device, action, sighting)
         return sighting
 
-    def _sight(self, device: Device, action: str) -> Sighting:
+    def _sight(self, device: Device, action: str, host: PathMode) -> Sighting:
         key = device.syspath
-        claim = self.ruleset.evaluate(device, action=action, domain=self.domain, path_mode=self._host)
+        claim = self.ruleset.evaluate(device, action=action, domain=self.domain, path_mode=host)
         if claim.resource is None:
             return Sighting(key=key, present=True)
         usb = identity.usb_ancestors(device)
@@ -140,7 +144,7 @@ class Pipeline:
     def resync(self, devices: Iterable[Device]) -> Change:
         """A full enumeration (coldplug, after an overflow, after a rules reload)."""
         # Not remembered: an enumeration's records (udev's database) never equal an event's.
-        return self.inventory.resync((self._sight(d, "add") for d in devices), hostpath=False)
+        return self.inventory.resync((self.sight(d, "add", recall=False) for d in devices), hostpath=False)
 
     # ---- host paths -----------------------------------------------------------------
     def sight_path(self, path: str) -> Sighting:

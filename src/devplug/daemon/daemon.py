@@ -109,7 +109,7 @@ class Daemon:
             self.telemetry.on_refused(change.refused)
         if not change:
             return
-        self.collector.wake()
+        self.collector.wake(change)
         if not change.resources <= self._served:
             # A resource the change dropped (forgotten on reload) must not come back here.
             new = (change.resources & self.inventory.resources()) - self._served
@@ -183,7 +183,7 @@ class Daemon:
 
         def sight() -> list:
             found = source.enumerate() if devices is None else devices
-            return [pipeline.sight(d, "add") for d in found]
+            return [pipeline.sight(d, "add", recall=False) for d in found]
 
         t0 = trio.current_time()
         sightings = await trio.to_thread.run_sync(sight)

@@ -10,6 +10,8 @@ IDs per resource.
 It runs only when there is something to decide: woken by a change, it sleeps until the
 oldest Unhealthy ID's grace ends (or at once when a resource is over its cap). IDs that
 pods still hold are asked about again every ``recheck`` seconds while they exist.
+Planning looks only at the IDs that can be Unhealthy: those the changes since named (a
+health flip of one device among 1,000 costs one lookup, not a pass over the inventory).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Optional
 
 import trio
 
+from ..core.entries import Entry
 from ..core.inventory import Change, Inventory
 from ..lib.logs import kv
 from .podresources import Holders
@@ -45,14 +48,37 @@ class Collector:
         self.recheck = recheck
         self._clock = clock
         self._wake = trio.Event()
+        # (resource, ID) that may be Unhealthy; None: not known yet, look at every entry.
+        self._candidates: Optional[set[tuple[str, str]]] = None
         self._held: frozenset[tuple[str, str]] = frozenset()  # what pods held at the last pass
         self._last_pass = 0.0
         self._blind_until = 0.0  # kubelet could not say at the last pass: not before then
         self.passes = 0
 
-    def wake(self) -> None:
-        """Something changed (synchronous: called on the event path)."""
+    def wake(self, change: Optional[Change] = None) -> None:
+        """Something changed (synchronous: called on the event path); ``change`` says what,
+        ``None`` that anything may have."""
+        if change is None:
+            self._candidates = None
+        elif self._candidates is not None:
+            self._candidates.update(change.ids)
         self._wake.set()
+
+    def _unhealthy(self) -> list[Entry]:
+        """Every Unhealthy entry, found among the candidates (which shrink to them)."""
+        inventory = self._inventory
+        if self._candidates is None:
+            found = [e for e in inventory.all_entries() if not e.healthy]
+            self._candidates = {(e.resource, e.id) for e in found}
+            return found
+        found = []
+        for key in list(self._candidates):
+            e = inventory.get(*key)
+            if e is None or e.healthy:
+                self._candidates.discard(key)
+            else:
+                found.append(e)
+        return found
 
     def _plan(self, now: float) -> Optional[float]:
         """When the next pass is due (wall clock), or None when nothing could be forgotten.
@@ -63,9 +89,7 @@ class Collector:
         due: Optional[float] = None
         unheld: dict[str, int] = {}
         held = False
-        for e in self._inventory.all_entries():
-            if e.healthy:
-                continue
+        for e in self._unhealthy():
             if (e.resource, e.id) in self._held:
                 held = True
                 continue

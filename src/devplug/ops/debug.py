@@ -172,7 +172,7 @@ def explain_device(pipeline: Pipeline, device: Device) -> dict[str, Any]:
     ``claim`` is ``core.views.claim_json`` (``null`` when no rule claims the device), with
     the reason when the device is refused."""
     traces = pipeline.ruleset.explain(device, action="add", domain=pipeline.domain, path_mode=pipeline.path_mode)
-    sighting = pipeline.sight(device, "add")
+    sighting = pipeline.sight(device, "add", recall=False)  # a worker thread: not the event path's memory
     claim = sighting.claim
     base_id = sighting.refusal.base_id if sighting.refusal is not None else sighting.base_id
     return {
