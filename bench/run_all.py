@@ -140,6 +140,11 @@ def rows_hotplug(r: dict) -> list[Row]:
         if inner:
             out.append((f"  devplug's own span: uevent read → list written (mean, {x['source']})",
                         f"{inner['received_to_sent_mean_ms']:.3f} ms", "", "", ""))
+        own = ((x.get("stages") or {}).get("p50_us") or {}).get("own")
+        if own is not None:
+            goal = "≤ 0.3 ms" if x.get("same_resource") else "≤ 0.15 ms"
+            out.append((f"  devplug's own work: uevent read → send(2) called (p50, {x['source']})",
+                        f"{own / 1e3:.3f} ms", goal, "", ""))
     return out
 
 

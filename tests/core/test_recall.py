@@ -184,3 +184,14 @@ def test_enumerations_neither_use_nor_feed_the_memory():
     p.handle(tty(2), "add")
     p.sight(tty(3), "add", recall=False)
     assert runs.runs == 3 and p.recall.hits == 0 and len(p.recall) == 1
+
+
+def test_what_udev_sets_after_the_rules_is_not_an_input():
+    """udevd re-initializes a device on every add: USEC_INITIALIZED is new each time, and
+    rules never see it."""
+    rs = ruleset()
+    runs = Counting(rs)
+    p = Pipeline(rs, Inventory())
+    for seq in range(1, 6):
+        flip(p, tty(seq, USEC_INITIALIZED=str(1000 + seq)))
+    assert runs.runs == 1

@@ -432,7 +432,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
-    def on_sent(self, resource, version, previous, woke_ns=None):
+    def on_sent(self, resource, version, previous, woke_ns=None, send_ns=None):
         self.calls.append(("sent", resource, version, previous))
 
     def on_registration(self, resource, ok):

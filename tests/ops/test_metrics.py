@@ -168,7 +168,7 @@ def test_latency_is_recorded_per_uevent_per_stream_not_for_initial_sends():
     t.on_sent(R, v2, None)  # a new stream's initial list: not a reaction
     assert scrape(t)("devplug_uevent_to_send_seconds_count") == 0
     t.on_sent(R, v2, v1 - 1)  # one stream folds both uevents into one send
-    t.on_sent(R, v2, v1)  # another had already sent v1
+    t.on_sent(R, v2, v1, 2_100_000, 2_250_000)  # another had sent v1; it woke, then called send(2)
     s = scrape(t)
     assert s("devplug_uevent_to_send_seconds_count") == 3
     # 1.5 ms (first uevent, folded) ; 0.4 ms twice (second uevent)
@@ -183,11 +183,14 @@ def test_latency_is_recorded_per_uevent_per_stream_not_for_initial_sends():
     ev = t.recent()
     assert [e.seqnum for e in ev] == [1, 2, 3]
     assert ev[1].processing_ns == 100_000
-    # Each send that carried a uevent timed its stages (µs): record, rules and inventory,
-    # publish, stream wake-up, write.
+    # Each send that carried a uevent timed its stages (ns): record, rules and inventory,
+    # publish, stream wake-up, write until send(2), the send(2) call.
     stages = t.stage_summary()
-    assert stages["count"] == 3 and stages["stages"] == ("record", "rules_inventory", "publish", "to_stream", "write")
-    assert (50_000, 100_000, 50_000, 0, 1_300_000) in t.stages and (10_000, 80_000, 10_000, 0, 300_000) in t.stages
+    assert stages["count"] == 3
+    assert stages["stages"] == ("record", "rules_inventory", "publish", "to_stream", "write", "send")
+    assert (50_000, 100_000, 50_000, 0, 1_300_000, 0) in t.stages  # not told when: all of it is write
+    assert (10_000, 80_000, 10_000, 0, 300_000, 0) in t.stages
+    assert (10_000, 80_000, 10_000, 100_000, 150_000, 50_000) in t.stages
     assert [(c.resource, c.id, c.state) for c in ev[1].changes] == [(R, "b", "Healthy")]
 
 

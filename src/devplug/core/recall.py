@@ -4,8 +4,10 @@ Most uevents of a claimed device repeat what devplug saw last time: a port's ``r
 ``add``, a ``change``, ``bind``, udevd's database repeat. Running the rules and deriving
 the ID again gives the same answer whenever every input is the same, and those are few:
 
-* the record: every property (``SEQNUM`` aside, unless a rule names it), the driver and
-  the action, which also fix the subsystem, kernel name, node, links and tags;
+* the record: every property, the driver and the action, which also fix the subsystem,
+  kernel name, node, links and tags. Two kinds of property are left out: ``SEQNUM``
+  (unless a rule names it) and what udev sets after the rules ran (``USEC_INITIALIZED``,
+  new on every ``add`` with the udev source), which rules cannot see;
 * the parent chain: the same parent *record* (the udev adapter shares parent records
   while their sysfs directory is the same one, with the attribute values they read);
 * the device's own sysfs attributes that were read: each is read again and compared;
@@ -25,6 +27,7 @@ from typing import Any, Optional
 
 from .device import Device
 from .inventory import Sighting
+from .rules.evaluation import POST_RULES_PROPERTIES
 from .rules.host import NO_HOST, Host
 
 
@@ -54,10 +57,18 @@ class Recall:
     LIMIT = 1024
 
     def __init__(self, *, ignore_seqnum: bool = True, limit: int = LIMIT) -> None:
-        self.ignore_seqnum = ignore_seqnum
         self.limit = limit
+        self.ignore_seqnum = ignore_seqnum
         self.hits = 0
         self._memo: dict[str, _Memo] = {}
+
+    @property
+    def ignore_seqnum(self) -> bool:
+        return "SEQNUM" in self._ignored
+
+    @ignore_seqnum.setter
+    def ignore_seqnum(self, value: bool) -> None:
+        self._ignored = tuple(POST_RULES_PROPERTIES | ({"SEQNUM"} if value else set()))
 
     def __len__(self) -> int:
         return len(self._memo)
@@ -72,9 +83,11 @@ class Recall:
         if m is None:
             return None
         props = device.properties
-        if self.ignore_seqnum and "SEQNUM" in props and "SEQNUM" in m.props:
-            m.props["SEQNUM"] = props["SEQNUM"]  # a private copy: let the comparison skip it
-        if (m.action != action or m.props != props or m.driver != device.driver
+        stored = m.props  # a private copy: the values rules cannot see are made equal
+        for name in self._ignored:
+            if name in props and name in stored:
+                stored[name] = props[name]
+        if (m.action != action or stored != props or m.driver != device.driver
                 or device.parent is not m.parent):
             return None
         read = device.read_attr

@@ -32,7 +32,8 @@ SERVICE = "v1beta1.DevicePlugin"
 class KubeletObserver(Protocol):
     """What the adapter reports as it works (``devplug.telemetry.Telemetry`` is one)."""
 
-    def on_sent(self, resource: str, version: int, previous: Optional[int], woke_ns: Optional[int] = None) -> None: ...
+    def on_sent(self, resource: str, version: int, previous: Optional[int], woke_ns: Optional[int] = None,
+                send_ns: Optional[int] = None) -> None: ...
     def on_registration(self, resource: str, ok: bool) -> None: ...
     def on_kubelet_restart(self) -> None: ...
     def on_allocate(self, resource: str, result: str) -> None: ...
@@ -145,7 +146,7 @@ class DevicePluginService:
     # ---- ListAndWatch -------------------------------------------------------------------------
     def list_and_watch(self, request: bytes, stream: ServerStream) -> None:
         watch = self._watches[stream] = _Watch()
-        stream.on_written = lambda version, woke_ns: self._written(watch, version, woke_ns)
+        stream.on_written = lambda version, woke_ns, send_ns: self._written(watch, version, woke_ns, send_ns)
         stream.on_close = lambda: self._closed(stream)
         stream.source = lambda: self._next_list(watch)
         log.debug("stream opened", extra=kv(resource=self.resource, open=len(self._watches)))
@@ -159,10 +160,10 @@ class DevicePluginService:
         watch.queued = version
         return version, message
 
-    def _written(self, watch: _Watch, version: int, woke_ns: int) -> None:
+    def _written(self, watch: _Watch, version: int, woke_ns: int, send_ns: int) -> None:
         previous, watch.sent = watch.sent, version
         if self._telemetry is not None:
-            self._telemetry.on_sent(self.resource, version, previous, woke_ns)
+            self._telemetry.on_sent(self.resource, version, previous, woke_ns, send_ns)
 
     def _closed(self, stream: ServerStream) -> None:
         if self._watches.pop(stream, None) is not None:

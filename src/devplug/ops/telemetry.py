@@ -31,9 +31,11 @@ EVENT_LOG_SIZE = 256
 #: What one uevent's path to kubelet is cut into (see ``Telemetry.on_sent``): reading the
 #: message to its record; rules, identity and inventory; ``mark`` itself (it runs just before
 #: the change is published); publishing until the stream starts its write (later for a
-#: stream whose socket was full, or for the rest of a burst); encoding the list and writing
-#: it to the socket.
-STAGES = ("record", "rules_inventory", "publish", "to_stream", "write")
+#: stream whose socket was full, or for the rest of a burst); encoding and framing the list
+#: until ``send(2)`` is called; the ``send(2)`` call itself. The last one wakes the receiver:
+#: when both CPUs are busy the kernel may run it before the call returns, so ``send`` can
+#: hold the receiver's own work (with 1,000 devices, kubelet decoding the list), not devplug's.
+STAGES = ("record", "rules_inventory", "publish", "to_stream", "write", "send")
 _PENDING_PER_RESOURCE = 64
 
 
@@ -128,10 +130,11 @@ class Telemetry:
         if count > 0:
             self.overflows += count
 
-    def on_sent(self, resource: str, version: int, previous: Optional[int], woke_ns: Optional[int] = None) -> None:
+    def on_sent(self, resource: str, version: int, previous: Optional[int], woke_ns: Optional[int] = None,
+                send_ns: Optional[int] = None) -> None:
         """A stream sent ``resource``'s list at ``version``; it had sent ``previous`` before
         (None for a stream's first send, which is not a reaction to a uevent). ``woke_ns``:
-        when the stream resumed to send it."""
+        when the stream resumed to send it; ``send_ns``: when its last ``send(2)`` began."""
         if previous is None:
             return
         pending = self._pending.get(resource)
@@ -144,21 +147,24 @@ class Telemetry:
                 self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le is inclusive
                 self.latency_sum += seconds
                 woke = published_ns if woke_ns is None else woke_ns
+                sending = now_ns if send_ns is None or send_ns < woke else send_ns
                 self.stages.append((built_ns - received_ns, handled_ns - built_ns, published_ns - handled_ns,
-                                    woke - published_ns, now_ns - woke))
+                                    woke - published_ns, sending - woke, now_ns - sending))
 
     def stage_summary(self) -> dict:
-        """Percentiles (µs) of each stage of the last sends that carried a uevent."""
+        """Percentiles (µs) of each stage of the last sends that carried a uevent, of their
+        ``total``, and of ``own``: the total up to the ``send(2)`` call (devplug's own work)."""
         samples = list(self.stages)
         out: dict = {"count": len(samples), "stages": STAGES}
         if not samples:
             return out
         totals = sorted(sum(s) for s in samples)
+        owns = sorted(sum(s) - s[-1] for s in samples)
         columns = [sorted(col) for col in zip(*samples)]
         for q, name in ((0.5, "p50_us"), (0.9, "p90_us"), (0.99, "p99_us")):
             k = min(len(samples) - 1, int(q * (len(samples) - 1) + 0.5))
             out[name] = {**{stage: round(col[k] / 1e3, 1) for stage, col in zip(STAGES, columns)},
-                         "total": round(totals[k] / 1e3, 1)}
+                         "total": round(totals[k] / 1e3, 1), "own": round(owns[k] / 1e3, 1)}
         return out
 
     def on_registration(self, resource: str, ok: bool) -> None:

@@ -87,9 +87,10 @@ class ServerStream:
     caller builds nothing it will not send. :meth:`send` queues a ready message instead
     (replacing one that has not started to go out). The first write after the caller yielded
     is synchronous; more in the same turn (a burst) go out as one, the newest, once it yields.
-    ``on_written(tag, woke_ns)`` is called once a message's last byte is in the kernel
-    (``woke_ns``: when the write that finished it started); ``on_close()`` once the call is
-    over, whoever ended it.
+    ``on_written(tag, woke_ns, send_ns)`` is called once a message's last byte is in the
+    kernel (``woke_ns``: when the write that finished it started; ``send_ns``: when the
+    ``send(2)`` that took the last byte was called); ``on_close()`` once the call is over,
+    whoever ended it.
     """
 
     __slots__ = ("_conn", "_stream", "on_written", "on_close")
@@ -97,7 +98,7 @@ class ServerStream:
     def __init__(self, conn: _Conn, stream: Stream) -> None:
         self._conn = conn
         self._stream = stream
-        self.on_written: Optional[Callable[[Any, int], None]] = None
+        self.on_written: Optional[Callable[[Any, int, int], None]] = None
         self.on_close: Optional[Callable[[], None]] = None
 
     @property

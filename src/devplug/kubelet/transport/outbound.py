@@ -158,6 +158,7 @@ class Outbound:
                     return
                 self._take()
                 if self.out:
+                    send_ns = time.perf_counter_ns()
                     try:
                         n = self.sock.send(self.out)
                     except BlockingIOError:
@@ -169,7 +170,7 @@ class Outbound:
                         del self.out[:n]
                         self.written += n
                         if self._written_marks:
-                            self._confirm(woke_ns)
+                            self._confirm(woke_ns, send_ns)
                     if self.out:
                         self._wake.set()  # the writer waits for room
                         return
@@ -263,10 +264,10 @@ class Outbound:
         stream.offset = 0
         return True
 
-    def _confirm(self, woke_ns: int) -> None:
+    def _confirm(self, woke_ns: int, send_ns: int) -> None:
         marks = self._written_marks
         while marks and marks[0][0] <= self.written:
             _, stream, tag = marks.popleft()
             handle = stream.handle
             if handle is not None and handle.on_written is not None and not stream.done:
-                handle.on_written(tag, woke_ns)
+                handle.on_written(tag, woke_ns, send_ns)
