@@ -195,3 +195,29 @@ def test_what_udev_sets_after_the_rules_is_not_an_input():
     for seq in range(1, 6):
         flip(p, tty(seq, USEC_INITIALIZED=str(1000 + seq)))
     assert runs.runs == 1
+
+
+def test_the_driver_is_looked_up_only_when_a_rule_asks_and_then_it_is_an_input():
+    looked: list[str] = []
+
+    def serial(seq: int, driver: str) -> Device:
+        return Device(devpath="/devices/platform/serial8250/tty/ttyS3", sysname="ttyS3", subsystem="tty",
+                      devnode="/dev/ttyS3", properties={"SEQNUM": str(seq)},
+                      read_attr=Attrs({"type": "4", "line": "3"}),
+                      load_driver=lambda: looked.append(driver) or driver)
+
+    rs = ruleset()  # no rule looks at drivers
+    runs = Counting(rs)
+    p = Pipeline(rs, Inventory())
+    p.handle(serial(1, "serial8250"), "add")
+    p.handle(serial(2, "other"), "add")
+    assert looked == [] and runs.runs == 1  # never read: neither the rules nor the recall did
+
+    rs = ruleset('SUBSYSTEM=="tty", DRIVERS=="serial8250", RESOURCE="uart", DEVICE_ID="uart-%k"\n')
+    runs = Counting(rs)
+    p = Pipeline(rs, Inventory())
+    p.handle(serial(1, "serial8250"), "add")
+    p.handle(serial(2, "serial8250"), "add")
+    assert runs.runs == 1 and looked == ["serial8250", "serial8250"]  # the recall compared it
+    p.handle(serial(3, "other"), "add")
+    assert runs.runs == 2 and health(p, "devplug.io/uart") == {}

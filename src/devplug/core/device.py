@@ -47,7 +47,7 @@ class Device:
     devpath: str
     sysname: str
     subsystem: Optional[str] = None
-    driver: Optional[str] = None
+    _driver: Optional[str] = attrs.field(default=None, alias="driver")
     devtype: Optional[str] = None
     devnode: Optional[str] = None
     symlinks: tuple[str, ...] = ()
@@ -58,6 +58,27 @@ class Device:
     sys_root: str = "/sys"
     #: Finds the parent when first asked (events: a ``remove`` never needs it); None: ``parent``.
     _load_parent: Optional[Callable[[], Optional[Device]]] = attrs.field(default=None, alias="load_parent")
+    #: Finds the driver when first asked (events: most rules never look, and the lookup is a
+    #: ``readlink`` in sysfs); None: ``driver`` as given.
+    _load_driver: Optional[Callable[[], Optional[str]]] = attrs.field(default=None, alias="load_driver")
+
+    @property
+    def driver(self) -> Optional[str]:
+        load = self._load_driver
+        if load is not None:
+            object.__setattr__(self, "_driver", load())
+            object.__setattr__(self, "_load_driver", None)
+        return self._driver
+
+    @property
+    def driver_known(self) -> bool:
+        """Whether ``driver`` was given or has been asked for (and so was looked up)."""
+        return self._load_driver is None
+
+    @property
+    def parent_known(self) -> bool:
+        """Whether ``parent`` was given or has been asked for."""
+        return self._load_parent is None
 
     @property
     def parent(self) -> Optional[Device]:

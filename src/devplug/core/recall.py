@@ -4,12 +4,13 @@ Most uevents of a claimed device repeat what devplug saw last time: a port's ``r
 ``add``, a ``change``, ``bind``, udevd's database repeat. Running the rules and deriving
 the ID again gives the same answer whenever every input is the same, and those are few:
 
-* the record: every property, the driver and the action, which also fix the subsystem,
-  kernel name, node, links and tags. Two kinds of property are left out: ``SEQNUM``
+* the record: every property and the action, which fix the subsystem, kernel name, node,
+  links and tags, and the driver if the pass asked for it. Left out: ``SEQNUM``
   (unless a rule names it) and what udev sets after the rules ran (``USEC_INITIALIZED``,
   new on every ``add`` with the udev source), which rules cannot see;
-* the parent chain: the same parent *record* (the udev adapter shares parent records
-  while their sysfs directory is the same one, with the attribute values they read);
+* the parent chain, if the pass asked for it: the same parent *record* (the udev adapter
+  shares parent records while their sysfs directory is the same one, with the attribute
+  values they read);
 * the device's own sysfs attributes that were read: each is read again and compared;
 * nothing from the rest of the machine: a pass that asked the host (``TEST``,
   ``SYSCTL{}``, ``CONST{}``, ``[subsystem/sysname]``) is not remembered.
@@ -29,6 +30,10 @@ from .device import Device
 from .inventory import Sighting
 from .rules.evaluation import POST_RULES_PROPERTIES
 from .rules.host import NO_HOST, Host
+
+
+#: The pass never asked for this (the driver, the parent): its answer did not depend on it.
+_UNASKED: Any = object()
 
 
 class _Memo:
@@ -87,8 +92,8 @@ class Recall:
         for name in self._ignored:
             if name in props and name in stored:
                 stored[name] = props[name]
-        if (m.action != action or stored != props or m.driver != device.driver
-                or device.parent is not m.parent):
+        if (m.action != action or stored != props or (m.driver is not _UNASKED and m.driver != device.driver)
+                or (m.parent is not _UNASKED and device.parent is not m.parent)):
             return None
         read = device.read_attr
         for name, value in m.attrs:
@@ -106,7 +111,10 @@ class Recall:
             return
         key = device.syspath
         self._memo.pop(key, None)
-        self._memo[key] = _Memo(action, dict(device.properties), device.driver, device.parent,
+        # What the pass never asked for, its answer did not depend on.
+        driver = device.driver if device.driver_known else _UNASKED
+        parent = device.parent if device.parent_known else _UNASKED
+        self._memo[key] = _Memo(action, dict(device.properties), driver, parent,
                                 tuple(values.items()), sighting)
         while len(self._memo) > self.limit:
             del self._memo[next(iter(self._memo))]

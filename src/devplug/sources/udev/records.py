@@ -277,9 +277,9 @@ def device_from_uevent(props: dict[str, str], *, context: pyudev.Context, sys_ro
                        parent_cache: Optional[ParentCache] = None, gone: bool = False) -> Device:
     """The :class:`Device` record of one uevent's properties (``netlink.parse``).
 
-    What the event says is used as is; the parent chain is looked up only when a rule or
-    the identity asks for it (in the same pass over the rules, so sysfs is read as it is
-    then), and a ``remove`` never asks. Attribute reads stay lazy as for every record;
+    What the event says is used as is; the parent chain and (when the event names none) the
+    driver are looked up only when a rule or the identity asks for them (in the same pass
+    over the rules, so sysfs is read as it is then), and a ``remove`` never asks. Attribute reads stay lazy as for every record;
     ``gone`` (a remove or unbind) skips the ``driver`` link, which is gone with the device.
     """
     _sorted_list_properties(props)
@@ -299,11 +299,15 @@ def device_from_uevent(props: dict[str, str], *, context: pyudev.Context, sys_ro
     if devname is not None and not devname.startswith("/"):
         devname = props["DEVNAME"] = "/dev/" + devname  # as libudev reports the kernel's name
     links = props.get("DEVLINKS")
+    driver = props.get("DRIVER")
     return Device(
         devpath=devpath,
         sysname=devpath.rpartition("/")[2].replace("!", "/"),
         subsystem=props.get("SUBSYSTEM"),
-        driver=props.get("DRIVER") if gone else _driver(props, syspath),
+        driver=driver,
+        # An event names the driver bound when it was sent; without one, libudev reads the
+        # ``driver`` link when asked (and a device that is gone has none).
+        load_driver=None if driver is not None or gone else lambda: _driver(props, syspath),
         devtype=props.get("DEVTYPE"),
         devnode=devname,
         symlinks=tuple(links.split()) if links else (),
