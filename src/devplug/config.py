@@ -22,6 +22,10 @@ UDEV_SOURCES = ("auto", "udev", "kernel")
 #: Netlink receive buffer asked for (the kernel doubles it; above net.core.rmem_max it
 #: needs CAP_NET_ADMIN). A thousand devices plugged at once fit with room to spare.
 NETLINK_BUFFER = 128 * 1024 * 1024
+#: The kernel source reads udev's database with each event, when it exists; while it does
+#: not (no udevd on the node), whether it appeared is looked at again at most this often
+#: (seconds) instead of failing an open per event.
+UDEV_DB_RECHECK = 1.0
 #: Largest rules set devplug reads (all files together). Parsed rules cost about 6x their
 #: size in memory for typical rules and up to ~40x for tiny rules that all differ, so 1 MiB
 #: (~10,000 typical rules) stays inside the DaemonSet's memory limit whatever the content.

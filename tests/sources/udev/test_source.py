@@ -259,3 +259,27 @@ def test_kernel_source_repeats_an_event_once_udevd_writes_the_database(netlink, 
     assert again.device.symlinks == ("/dev/serial/by-id/usb-devplug-test",)
     assert again.device.properties["ID_SERIAL"] == "devplug-test"
     assert again.device.properties["SUBSYSTEM"] == "tty" and again.device.devnode == "/dev/tty20"
+
+
+def test_kernel_source_reads_a_database_that_appears_later(netlink, tmp_path):
+    """No udev database at start (no udevd on the node): events are not enriched and cost no
+    failing open each; once the directory appears it is read within ``db_recheck``."""
+    db_dir = tmp_path / "data"
+    src = UdevSource(source="kernel", subsystems=frozenset({"tty"}), db_dir=str(db_dir), db_recheck=1.0)
+    src.open()
+    try:
+        tty_uevent(20, "change")
+        (before,) = collect(src, is_event("tty20"), 1)
+        db_dir.mkdir()
+        (db_dir / "c4:20").write_text("S:serial/by-id/usb-devplug-late\nE:ID_SERIAL=devplug-late\n")
+        tty_uevent(20, "change")
+        (soon,) = collect(src, is_event("tty20"), 1)
+        time.sleep(1.05)
+        tty_uevent(20, "change")
+        (later,) = collect(src, is_event("tty20"), 1)
+    finally:
+        src.close()
+    assert before.device.symlinks == () and "ID_SERIAL" not in before.device.properties
+    assert soon.device.symlinks == ()  # looked at again only after db_recheck
+    assert later.device.symlinks == ("/dev/serial/by-id/usb-devplug-late",)
+    assert later.device.properties["ID_SERIAL"] == "devplug-late"
