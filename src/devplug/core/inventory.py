@@ -15,7 +15,7 @@ know which pods hold what.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Optional
 
 import attrs
@@ -64,9 +64,11 @@ class _Update:
         self.touched.setdefault(resource, set()).add(device_id)
 
 
-def _twins_in(sightings: Iterable[Sighting]) -> frozenset[tuple[str, str]]:
+def _twins_in(sightings: Sequence[Sighting]) -> frozenset[tuple[str, str]]:
     """(resource, base ID) pairs that several devices of one batch derive: each of them is
     tagged at once, so a coldplug never offers a plain ID it must take back."""
+    if len(sightings) < 2:  # one uevent: nothing to tell apart within it
+        return frozenset()
     keys: dict[tuple[str, str], set[str]] = {}
     for s in sightings:
         if s.present and s.refusal is None and s.resource and s.base_id and s.claim:

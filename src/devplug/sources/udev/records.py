@@ -143,7 +143,7 @@ def parent_devpath(devpath: str, *, sys_root: str = "/sys") -> Optional[str]:
     """The nearest ancestor directory that is a device (has a ``uevent`` file), as libudev
     finds parents; for a removed device, the nearest one still in sysfs.
 
-    One ``stat`` per level and no memory of glue directories (``.../virtual/tty``): a device
+    One ``access`` per level and no memory of glue directories (``.../virtual/tty``): a device
     directory in the middle of its removal (the kernel deletes ``uevent`` first) looks like
     glue for a moment, and remembering that lost the next adapter plugged into the port.
     """
@@ -152,7 +152,9 @@ def parent_devpath(devpath: str, *, sys_root: str = "/sys") -> Optional[str]:
         path = path.rpartition("/")[0]
         if path.count("/") < 2:  # reached /devices itself
             return None
-        if os.path.exists(sys_root + path + "/uevent"):
+        # access(2), not stat: a missing file is a False here, not an OSError to build and
+        # catch (each level of a virtual device's path is one).
+        if os.access(sys_root + path + "/uevent", os.F_OK):
             return path
 
 
