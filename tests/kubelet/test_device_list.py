@@ -1,4 +1,4 @@
-"""The pre-encoded ListAndWatch list (servicer.DeviceList): after any sequence of changes it is
+"""The pre-encoded ListAndWatch list (kubelet.listing.DeviceList): after any sequence of changes it is
 exactly what protobuf encodes for the resource's entries, and its caches stay bounded."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from tests.kubelet.kubelet_harness import R, gone, seen
 from devplug.core.inventory import Inventory
 from devplug.core.view import PublishedView
 from devplug.kubelet import api_pb2
-from devplug.kubelet.servicer import DeviceList
+from devplug.kubelet.listing import DeviceList
 from devplug.kubelet.transport import frame
 
 
@@ -21,10 +21,13 @@ def encoded(view) -> bytes:
                                                        for e in view.entries(R)]).SerializeToString())
 
 
-@pytest.mark.parametrize("published", [False, True])
-def test_the_list_matches_protobuf_after_every_change(published):
+@pytest.mark.parametrize("published,hints", [(False, "none"), (True, "none"), (False, "all"), (False, "some"),
+                                             (True, "all")])
+def test_the_list_matches_protobuf_after_every_change(published, hints):
     """Live, every version is listed; published every third step, a version can hold an ID
-    forgotten and another added (same length, positions shifted)."""
+    forgotten and another added (same length, positions shifted). ``hints``: each change's
+    IDs are told to the list as the adapter tells them (all, or some changes untold, or
+    none); a told list patches only those, and must never miss an untold change."""
     rnd = random.Random(14)
     inv = Inventory()
     for k in range(50):
@@ -33,6 +36,15 @@ def test_the_list_matches_protobuf_after_every_change(published):
     lst = DeviceList(R, view)
     present = set(range(50))
     serial = 1000
+    apply = inv.apply
+
+    def told(*sightings):
+        change = apply(*sightings)
+        if change and (hints == "all" or (hints == "some" and rnd.random() < 0.8)):
+            lst.hint(tuple(i for r, i in change.ids if r == R) if change.ids else None)
+        return change
+
+    inv.apply = told  # type: ignore[method-assign]
     for step in range(3000):
         op = rnd.random()
         k = rnd.randrange(60)
@@ -47,7 +59,9 @@ def test_the_list_matches_protobuf_after_every_change(published):
             serial += 1
             inv.apply(gone(f"/sys/d{k}"), seen(f"/sys/x{serial}", f"X{serial}"))
         else:  # Unhealthy IDs forgotten (the collector's job): shorter lists
-            inv.collect(0.0, grace=0.0, in_use=frozenset(), cap=rnd.randrange(5))
+            change = inv.collect(0.0, grace=0.0, in_use=frozenset(), cap=rnd.randrange(5))
+            if change and hints == "all":
+                lst.hint(tuple(i for r, i in change.ids if r == R))
         if published and step % 3 == 0:
             view.publish(view.snapshot([R]))
         version, message = lst.current()
@@ -118,3 +132,30 @@ def test_a_burst_builds_the_list_only_for_what_is_sent(plugin_dir):
         w.close()
 
     run_adapter(scenario, plugin_dir=plugin_dir, inventory=view, register=False)
+
+
+def test_offsets_are_prefix_sums_through_any_length_changes():
+    from devplug.kubelet.listing import _Offsets
+
+    rnd = random.Random(3)
+    lengths = [rnd.randrange(1, 40) for _ in range(257)]
+    offsets = _Offsets(list(lengths))
+    for _ in range(2000):
+        i = rnd.randrange(len(lengths))
+        delta = rnd.randrange(-lengths[i] + 1, 30)
+        lengths[i] += delta
+        offsets.add(i, delta)
+        j = rnd.randrange(len(lengths) + 1)
+        assert offsets.start(j) == sum(lengths[:j])
+
+
+def test_a_flip_among_a_thousand_patches_one_element():
+    inv = Inventory()
+    inv.apply(*(seen(f"/sys/d{k}", f"D{k:04d}") for k in range(1001)))
+    lst = DeviceList(R, inv)
+    lst.current()
+    for k in (0, 500, 1000, 500):  # first, middle, last element; lengths change (Unhealthy is longer)
+        inv.apply(gone(f"/sys/d{k}"))
+        assert lst.current()[1] == encoded(inv)
+        inv.apply(seen(f"/sys/d{k}", f"D{k:04d}"))
+        assert lst.current()[1] == encoded(inv)

@@ -147,7 +147,7 @@ def test_hand_registered_handlers_cover_the_service_and_encode_like_protobuf():
     not generated: it must cover the service, stream exactly where the proto streams, and the
     pre-encoded lists it sends must be what protobuf encodes."""
     from devplug.core.inventory import Inventory
-    from devplug.kubelet import servicer as sv
+    from devplug.kubelet import listing, servicer as sv
     from devplug.kubelet.transport import frame
 
     service = sv.DevicePluginService("devplug.io/x", Inventory())
@@ -159,7 +159,7 @@ def test_hand_registered_handlers_cover_the_service_and_encode_like_protobuf():
         assert (method.stream is not None, method.unary is not None) == (m.server_streaming, not m.server_streaming)
     cache: dict = {}
     devices = [("a", "Healthy"), ("b-1", "Unhealthy"), ("a", "Healthy")]
-    joined = b"".join(sv._device_chunk(cache, i, h) for i, h in devices)
+    joined = b"".join(listing.device_chunk(cache, i, h) for i, h in devices)
     want = api_pb2.ListAndWatchResponse(devices=[api_pb2.Device(ID=i, health=h) for i, h in devices])
     assert joined == want.SerializeToString()
     assert api_pb2.ListAndWatchResponse.FromString(joined) == want

@@ -145,7 +145,9 @@ class KubeletAdapter:
         for name in change.resources:
             p = self._plugins.get(name)
             if p is not None:
-                p.service.notify()
+                # The IDs let the list patch what changed; a change without them (CDI's
+                # deferred one) says nothing, and the list finds out itself.
+                p.service.notify(tuple(i for r, i in change.ids if r == name) if change.ids else None)
 
     def status(self) -> dict[str, ResourceStatus]:
         return {

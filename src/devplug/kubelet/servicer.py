@@ -11,18 +11,17 @@ servers that come and go with kubelet restarts.
 from __future__ import annotations
 
 import logging
-import operator
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Optional, Protocol
 
 from google.protobuf.message import DecodeError
 
-from ..core.entries import Entry
 from ..core.view import DeviceView
 from ..lib.logs import kv
 from . import allocation, api_pb2
-from .transport import Method, RpcError, ServerStream, Status, frame
+from .listing import DeviceList
+from .transport import Method, RpcError, ServerStream, Status
 
 log = logging.getLogger("devplug.kubelet")
 
@@ -37,59 +36,6 @@ class KubeletObserver(Protocol):
     def on_registration(self, resource: str, ok: bool) -> None: ...
     def on_kubelet_restart(self) -> None: ...
     def on_allocate(self, resource: str, result: str) -> None: ...
-
-
-class DeviceList:
-    """A resource's ListAndWatchResponse as kubelet gets it: encoded once per version, framed.
-
-    Each device's bytes are cached (repeated fields concatenate on the wire), and the list
-    keeps one part per entry of the snapshot it was built from: a device that did not change
-    is the same ``Entry`` object in the next snapshot, so a change in a resource of 1,000
-    devices re-encodes only the entries that are new objects and joins the parts. The chunk
-    cache is cleared when it holds far more than the live devices (replugs with new
-    serials), so it stays bounded.
-    """
-
-    def __init__(self, resource: str, view: DeviceView) -> None:
-        self.resource = resource
-        self._view = view
-        self._version: Optional[int] = None
-        self._message = frame(b"")
-        self._entries: tuple[Entry, ...] = ()
-        self._parts: list[bytes] = []
-        self._chunks: dict[tuple[str, str], bytes] = {}
-
-    def current(self) -> tuple[int, bytes]:
-        version = self._view.version(self.resource)
-        if version != self._version:
-            entries = self._view.entries(self.resource)
-            chunks = self._chunks
-            if len(chunks) > 2 * len(entries) + 64:
-                chunks.clear()
-            parts = self._parts
-            if len(entries) == len(self._entries):
-                differs = list(map(operator.is_not, entries, self._entries))  # a C loop
-                i = -1
-                while True:
-                    try:
-                        i = differs.index(True, i + 1)
-                    except ValueError:
-                        break
-                    e = entries[i]
-                    parts[i] = chunks.get((e.id, e.health)) or _device_chunk(chunks, e.id, e.health)
-            else:
-                parts = [chunks.get((e.id, e.health)) or _device_chunk(chunks, e.id, e.health) for e in entries]
-            self._entries, self._parts = entries, parts
-            self._message = frame(b"".join(parts))
-            self._version = version
-        return version, self._message
-
-
-def _device_chunk(cache: dict[tuple[str, str], bytes], device_id: str, health: str) -> bytes:
-    """One ``devices`` element of ListAndWatchResponse on the wire."""
-    chunk = api_pb2.ListAndWatchResponse(devices=[api_pb2.Device(ID=device_id, health=health)]).SerializeToString()
-    cache[(device_id, health)] = chunk
-    return chunk
 
 
 class _Watch:
@@ -134,9 +80,11 @@ class DevicePluginService:
         """Open ListAndWatch streams."""
         return len(self._watches)
 
-    def notify(self) -> None:
-        """The resource may have changed: every stream writes its list now where the socket
-        takes it, later (the newest) where it does not; the list is built only to be sent."""
+    def notify(self, ids: Optional[Collection[str]] = None) -> None:
+        """The resource may have changed (``ids``: one change, and the IDs it touched): every
+        stream writes its list now where the socket takes it, later (the newest) where it
+        does not; the list is built only to be sent."""
+        self._list.hint(ids)
         if not self._watches:
             return
         woke = time.perf_counter_ns()
