@@ -109,7 +109,6 @@ class Daemon:
             self.telemetry.on_refused(change.refused)
         if not change:
             return
-        self.collector.wake(change)
         if not change.resources <= self._served:
             # A resource the change dropped (forgotten on reload) must not come back here.
             new = (change.resources & self.inventory.resources()) - self._served
@@ -120,6 +119,7 @@ class Daemon:
             self.kubelet.notify(change)
         else:
             self._cdi.mark(change.resources)
+        self.collector.wake(change)  # after the lists went out: it only plans, later
 
     def _notify(self, resources: frozenset[str]) -> None:
         self.kubelet.notify(Change(resources=resources))
