@@ -10,7 +10,9 @@ Routes (all GET):
 ``/explain``    ``?syspath=`` | ``devpath=`` | ``devnode=``: for a live device, which rules
                 matched and why the others did not, and what devplug made of it.
 ``/stages``     where the last uevents' time went on their way to kubelet: percentiles of
-                each stage (record, rules and inventory, publish, stream wake-up, write).
+                each stage (record, rules and inventory, publish, stream wake-up, write
+                until ``send(2)``, the ``send(2)`` call), their total and ``own`` (the
+                total without the ``send(2)`` call).
 ``/healthz``    200 ``ok`` while the udev monitor runs and every resource holding devices is
                 served (and registered with kubelet, unless registration is off); 503 with
                 the reason otherwise.
