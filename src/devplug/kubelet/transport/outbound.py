@@ -6,7 +6,9 @@ task switch; bytes the kernel does not take wait in ``out`` for the writer task.
 ``out`` holds more than ``limits.out_high`` no more DATA goes into h2 (and the reader stops
 reading): a client that does not read costs a bounded buffer, and its state streams
 coalesce meanwhile. A message the peer's flow-control window holds back stays with its
-stream (``Stream.data``), and its trailers wait for its last byte.
+stream (``Stream.data``), and its trailers wait for its last byte. DATA frames of a stream
+h2 says is open are framed here (:meth:`Outbound._data_frame`, counted against h2's
+windows); everything else (headers, trailers, resets, settings) is h2's.
 """
 
 from __future__ import annotations
