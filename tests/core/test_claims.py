@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from devplug.core.device import Device
 from devplug.core.inventory import Inventory
 from devplug.core.claims import Pipeline
@@ -135,3 +137,48 @@ def test_refusal_log_fields_are_printable():
     for v in fields.values():
         v.encode("utf-8")
         assert "\n" not in v
+
+
+# ---- a device removed while its pass read its ancestors -----------------------------------
+USB_RULES = 'SUBSYSTEM=="tty", ATTRS{idVendor}=="0403|1d6b", RESOURCE="serial"\n'
+ROOT_HUB = Device(devpath="/devices/pci0000:00/0000:00:04.0/usb1", sysname="usb1", subsystem="usb",
+                  devtype="usb_device",
+                  read_attr={"idVendor": "1d6b", "idProduct": "0002", "serial": "0000:00:04.0"}.get)
+ADAPTER = Device(devpath=ROOT_HUB.devpath + "/1-1", sysname="1-1", subsystem="usb", devtype="usb_device",
+                 parent=ROOT_HUB, read_attr={"idVendor": "0403", "idProduct": "6001", "serial": "A1"}.get)
+TTY = ADAPTER.devpath + "/1-1:1.0/ttyUSB0/tty/ttyUSB0"
+
+
+def _tty(parent: Device, seq: int) -> Device:
+    return Device(devpath=TTY, sysname="ttyUSB0", subsystem="tty", devnode="/dev/ttyUSB0", parent=parent,
+                  properties={"SEQNUM": str(seq), "ID_USB_INTERFACE_NUM": "00"})
+
+
+@pytest.mark.parametrize("rules", [USB_RULES, 'SUBSYSTEM=="tty", ATTRS{idVendor}=="0403", RESOURCE="serial"\n'])
+def test_a_device_gone_during_its_pass_is_gone_not_offered_under_an_ancestors_id(rules):
+    """The kernel removes a tty's ancestors after the tty: a late event read mid-unplug sees
+    the root hub as the nearest USB device. Claimed under the root hub's ID (first rules) or
+    unclaimed (second), it must not take the adapter's place: it is gone."""
+    there = {"yes": True}
+    parsed, errors = parse_rules(rules, "t.rules")
+    assert not errors
+    p = Pipeline(RuleSet(files=("t.rules",), rules=tuple(parsed)), Inventory(),
+                 present=lambda d: there["yes"])
+    p.handle(_tty(ADAPTER, 1), "add")
+    assert {e.id: e.health for e in p.inventory.entries("devplug.io/serial")} == {"0403-6001-A1-if00": "Healthy"}
+    there["yes"] = False  # mid-unplug: the pass walks tty → usb1
+    p.handle(_tty(ROOT_HUB, 2), "add")
+    assert {e.id: e.health for e in p.inventory.entries("devplug.io/serial")} == {"0403-6001-A1-if00": "Unhealthy"}
+    assert p.recall is not None and p.recall.hits == 0
+    there["yes"] = True  # replugged: the full chain again
+    p.handle(_tty(ADAPTER, 3), "add")
+    assert {e.id: e.health for e in p.inventory.entries("devplug.io/serial")} == {"0403-6001-A1-if00": "Healthy"}
+
+
+def test_without_the_check_the_cut_chain_would_take_the_adapters_place():
+    """What the check prevents (the same events with a source that cannot tell)."""
+    parsed, _ = parse_rules(USB_RULES, "t.rules")
+    p = Pipeline(RuleSet(files=("t.rules",), rules=tuple(parsed)), Inventory())
+    p.handle(_tty(ADAPTER, 1), "add")
+    p.handle(_tty(ROOT_HUB, 2), "add")
+    assert {e.id for e in p.inventory.entries("devplug.io/serial")} == {"1d6b-0002-0000_00_04.0-if00"}

@@ -9,7 +9,7 @@ and host paths), and nothing is logged here; the daemon logs what changed.
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Optional
 
 from . import identity
@@ -27,6 +27,10 @@ ABSENT_ACTIONS = frozenset({"remove", "unbind"})
 
 def _no_paths(path: str) -> Optional[int]:
     return None
+
+
+def _always(device: Device) -> bool:
+    return True
 
 
 def refusal(key: str, claim: Claim, *, base_id: Optional[str] = None, devnode: Optional[str] = None,
@@ -62,11 +66,21 @@ class Pipeline:
 
     ``path_mode`` answers ``TEST{}`` keys and tells whether a host path exists (and is a
     device node); the daemon passes the real file system.
+
+    ``present`` tells whether a device is still there once its pass was read. A device
+    being removed while its rules read its ancestors shows a cut chain: the kernel removes
+    children first, so ``uevent`` files vanish bottom-up and the walk can skip from a tty
+    straight to the root hub, whose ID the device would then be offered under (seen in the
+    USB guest, kernel source, a database repeat racing an unplug). Still there after the
+    pass means its ancestors were there during it; gone means its remove is on the way,
+    and the sighting says so instead.
     """
 
     def __init__(self, ruleset: RuleSet, inventory: Inventory, *, domain: str = DEFAULT_DOMAIN,
-                 path_mode: PathMode = _no_paths, recall: bool = True) -> None:
+                 path_mode: PathMode = _no_paths, recall: bool = True,
+                 present: Callable[[Device], bool] = _always) -> None:
         self.inventory = inventory
+        self.present = present
         self.domain = domain
         self.path_mode = path_mode
         self._touch = Touch()
@@ -98,15 +112,23 @@ class Pipeline:
             return Sighting(key=device.syspath, present=False)
         memo = self.recall if recall else None
         if memo is None:
-            return self._sight(device, action, self._plain_host)
-        hit = memo.recall(device, action)
+            return self._checked(device, self._sight(device, action, self._plain_host))
+        hit = memo.recall(device, action)  # inputs of a pass that was checked: no check again
         if hit is not None:
             return hit
         self._touch.hit = False
-        sighting = self._sight(device, action, self._host)
-        if not self._touch.hit:
+        sighting = self._checked(device, self._sight(device, action, self._host))
+        if sighting.present and not self._touch.hit:
             memo.remember(device, action, sighting)
         return sighting
+
+    def _checked(self, device: Device, sighting: Sighting) -> Sighting:
+        """The sighting, or the device gone when it vanished while its pass was read. Asked
+        only where it matters: a claim, or a device that holds an ID (unclaimed by a cut
+        chain, it would leave its resource)."""
+        if (sighting.resource is None and self.inventory.binding(sighting.key) is None) or self.present(device):
+            return sighting
+        return Sighting(key=sighting.key, present=False)
 
     def _sight(self, device: Device, action: str, host: PathMode) -> Sighting:
         key = device.syspath

@@ -63,7 +63,8 @@ class Daemon:
         self.telemetry = Telemetry(self.inventory)
         self.monitor_running = False
         # The machine as rules see it: TEST{}, SYSCTL{}, CONST{}, other devices' attributes.
-        self.pipeline = Pipeline(ruleset, self.inventory, domain=config.domain, path_mode=paths or system.host())
+        self.pipeline = Pipeline(ruleset, self.inventory, domain=config.domain, path_mode=paths or system.host(),
+                                 present=self._present)
         self.cdi = CdiWriter(config.cdi_spec_dir, vendor_domain=config.domain) if config.cdi_spec_dir else None
         # With CDI, kubelet lists what was published after the specs were written.
         self.view = PublishedView(self.inventory) if self.cdi else None
@@ -91,6 +92,11 @@ class Daemon:
 
     async def _holders(self) -> Optional[Holders]:
         return await self.pod_resources.holders() if self.pod_resources is not None else None
+
+    def _present(self, device: Device) -> bool:
+        """Whether the source still sees the device (a source that cannot tell: yes)."""
+        present = getattr(self.source, "present", None)
+        return present(device) if present is not None else True
 
     def _udev_source(self, subsystems: Optional[frozenset[str]], kind: str) -> Source:
         return UdevSource(source=kind, subsystems=subsystems, receive_buffer=self.config.netlink_buffer)

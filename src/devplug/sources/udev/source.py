@@ -303,6 +303,11 @@ class UdevSource:
             return db.enrich(record, entry), entry.stamp if entry is not None else None
         return record, None
 
+    def present(self, device: Device) -> bool:
+        """Whether the device is in sysfs now (its ``uevent`` file; ``access(2)``, no
+        exception to build when it is gone)."""
+        return os.access(device.syspath + "/uevent", os.F_OK)
+
     def _db_readable(self) -> bool:
         """Whether udev's database directory exists: once it has, every event reads it;
         before, a failing ``open`` per event (about 0.1 ms on a CPU that just woke) is
