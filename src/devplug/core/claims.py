@@ -70,10 +70,9 @@ class Pipeline:
     ``present`` tells whether a device is still there once its pass was read. A device
     being removed while its rules read its ancestors shows a cut chain: the kernel removes
     children first, so ``uevent`` files vanish bottom-up and the walk can skip from a tty
-    straight to the root hub, whose ID the device would then be offered under (seen in the
-    USB guest, kernel source, a database repeat racing an unplug). Still there after the
-    pass means its ancestors were there during it; gone means its remove is on the way,
-    and the sighting says so instead.
+    straight to the root hub, whose ID the device would then be offered under. Still there
+    after the pass means its ancestors were there during it; gone means its remove is on
+    the way, and the sighting says so instead.
     """
 
     def __init__(self, ruleset: RuleSet, inventory: Inventory, *, domain: str = DEFAULT_DOMAIN,
@@ -163,10 +162,14 @@ class Pipeline:
             return self.inventory.apply(old, self.sight(device, "add"))
         return self.inventory.apply(self.sight(device, action))
 
+    def sight_all(self, devices: Iterable[Device]) -> list[Sighting]:
+        """The sightings of a full enumeration. Not remembered: an enumeration's records
+        (udev's database) never equal an event's, and it may run in a worker thread."""
+        return [self.sight(d, "add", recall=False) for d in devices]
+
     def resync(self, devices: Iterable[Device]) -> Change:
         """A full enumeration (coldplug, after an overflow, after a rules reload)."""
-        # Not remembered: an enumeration's records (udev's database) never equal an event's.
-        return self.inventory.resync((self.sight(d, "add", recall=False) for d in devices), hostpath=False)
+        return self.inventory.resync(self.sight_all(devices), hostpath=False)
 
     # ---- host paths -----------------------------------------------------------------
     def sight_path(self, path: str) -> Sighting:

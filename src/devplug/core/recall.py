@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Optional
 
+import attrs
+
 from .device import Device
 from .inventory import Sighting
 from .rules.evaluation import POST_RULES_PROPERTIES
@@ -36,17 +38,16 @@ from .rules.host import NO_HOST, Host
 _UNASKED: Any = object()
 
 
+@attrs.define(slots=True)
 class _Memo:
-    __slots__ = ("action", "props", "driver", "parent", "attrs", "sighting")
+    """One pass's inputs (``props`` is a private copy: see :meth:`Recall.recall`) and result."""
 
-    def __init__(self, action: str, props: dict[str, str], driver: Optional[str], parent: Optional[Device],
-                 attrs: tuple[tuple[str, Optional[str]], ...], sighting: Sighting) -> None:
-        self.action = action
-        self.props = props
-        self.driver = driver
-        self.parent = parent
-        self.attrs = attrs
-        self.sighting = sighting
+    action: str
+    props: dict[str, str]
+    driver: Any  # Optional[str], or _UNASKED
+    parent: Any  # Optional[Device], or _UNASKED
+    sysattrs: tuple[tuple[str, Optional[str]], ...]  # each attribute the pass read, and its value
+    sighting: Sighting
 
 
 def attrs_read(device: Device) -> Optional[dict[str, Optional[str]]]:
@@ -96,7 +97,7 @@ class Recall:
                 or (m.parent is not _UNASKED and device.parent is not m.parent)):
             return None
         read = device.read_attr
-        for name, value in m.attrs:
+        for name, value in m.sysattrs:
             if read(name) != value:
                 return None
         del self._memo[key]
@@ -118,9 +119,6 @@ class Recall:
                                 tuple(values.items()), sighting)
         while len(self._memo) > self.limit:
             del self._memo[next(iter(self._memo))]
-
-    def forget(self, key: str) -> None:
-        self._memo.pop(key, None)
 
 
 class Touch:

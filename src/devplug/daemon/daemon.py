@@ -189,7 +189,7 @@ class Daemon:
 
         def sight() -> list:
             found = source.enumerate() if devices is None else devices
-            return [pipeline.sight(d, "add", recall=False) for d in found]
+            return pipeline.sight_all(found)
 
         t0 = trio.current_time()
         sightings = await trio.to_thread.run_sync(sight)

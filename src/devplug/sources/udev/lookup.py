@@ -10,7 +10,7 @@ from typing import Optional
 import pyudev
 
 from ...core.device import Device
-from .records import _LINK_ATTRS, device_from_pyudev
+from .records import _LINK_ATTRS, device_from_pyudev, is_device
 
 
 class DeviceNotFound(LookupError):
@@ -76,7 +76,7 @@ def _pyudev_from_spec(spec: str, context: pyudev.Context, sys_root: str) -> pyud
     real = os.path.realpath(syspath)
     if not os.path.isdir(real):
         raise DeviceNotFound(spec, "no such device in sysfs")
-    if not os.path.exists(os.path.join(real, "uevent")):
+    if not is_device(real):
         raise DeviceNotFound(spec, "not a device directory (no uevent file)")
     try:
         return pyudev.Devices.from_sys_path(context, real)

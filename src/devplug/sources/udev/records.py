@@ -139,11 +139,18 @@ def _driver(props: dict[str, str], syspath: str) -> Optional[str]:
         return None
 
 
+def is_device(syspath: str) -> bool:
+    """Whether ``syspath`` is a device directory now: it has a ``uevent`` file (as libudev
+    decides). ``access(2)``, not ``stat``: a missing file is a False here, not an
+    ``OSError`` to build and catch."""
+    return os.access(syspath + "/uevent", os.F_OK)
+
+
 def parent_devpath(devpath: str, *, sys_root: str = "/sys") -> Optional[str]:
     """The nearest ancestor directory that is a device (has a ``uevent`` file), as libudev
     finds parents; for a removed device, the nearest one still in sysfs.
 
-    One ``access`` per level and no memory of glue directories (``.../virtual/tty``): a device
+    One :func:`is_device` per level and no memory of glue directories (``.../virtual/tty``): a device
     directory in the middle of its removal (the kernel deletes ``uevent`` first) looks like
     glue for a moment, and remembering that lost the next adapter plugged into the port.
     """
@@ -152,9 +159,7 @@ def parent_devpath(devpath: str, *, sys_root: str = "/sys") -> Optional[str]:
         path = path.rpartition("/")[0]
         if path.count("/") < 2:  # reached /devices itself
             return None
-        # access(2), not stat: a missing file is a False here, not an OSError to build and
-        # catch (each level of a virtual device's path is one).
-        if os.access(sys_root + path + "/uevent", os.F_OK):
+        if is_device(sys_root + path):
             return path
 
 
@@ -218,7 +223,7 @@ def parent_record(syspath: str, parent_cache: Optional[ParentCache],
         parent = read(syspath)
     except (OSError, pyudev.DeviceNotFoundError):  # gone meanwhile
         parent = None
-    if parent is not None and parent.subsystem is None and not os.path.exists(syspath + "/uevent"):
+    if parent is not None and parent.subsystem is None and not is_device(syspath):
         return None
     if parent_cache is not None:
         parent_cache.put(syspath, ino, parent)
@@ -281,8 +286,9 @@ def device_from_uevent(props: dict[str, str], *, context: pyudev.Context, sys_ro
 
     What the event says is used as is; the parent chain and (when the event names none) the
     driver are looked up only when a rule or the identity asks for them (in the same pass
-    over the rules, so sysfs is read as it is then), and a ``remove`` never asks. Attribute reads stay lazy as for every record;
-    ``gone`` (a remove or unbind) skips the ``driver`` link, which is gone with the device.
+    over the rules, so sysfs is read as it is then), and a ``remove`` never asks. Attribute
+    reads stay lazy as for every record; ``gone`` (a remove or unbind) skips the ``driver``
+    link, which is gone with the device.
     """
     _sorted_list_properties(props)
     devpath = props["DEVPATH"]

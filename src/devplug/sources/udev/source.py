@@ -58,7 +58,7 @@ from ...lib.logs import kv
 from . import db
 from .dbwatch import DbWatch
 from .netlink import UeventSocket
-from .records import ParentCache, device_from_uevent, list_devices
+from .records import ParentCache, device_from_uevent, is_device, list_devices
 
 log = logging.getLogger(__name__)
 
@@ -304,9 +304,8 @@ class UdevSource:
         return record, None
 
     def present(self, device: Device) -> bool:
-        """Whether the device is in sysfs now (its ``uevent`` file; ``access(2)``, no
-        exception to build when it is gone)."""
-        return os.access(device.syspath + "/uevent", os.F_OK)
+        """Whether the device is in sysfs now."""
+        return is_device(device.syspath)
 
     def _db_readable(self) -> bool:
         """Whether udev's database directory exists: once it has, every event reads it;
@@ -358,7 +357,7 @@ class UdevSource:
                     # going away is not repeated (its remove is on the way).
                     if watch is not None:
                         for action, again in watch.changed():
-                            if os.path.exists(self.sys_root + again["DEVPATH"] + "/uevent"):
+                            if is_device(self.sys_root + again["DEVPATH"]):
                                 record, stamp = self._record(again, action)
                                 watch.seen(action, record, again, True, stamp)
                                 yielded = True
