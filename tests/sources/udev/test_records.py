@@ -175,6 +175,46 @@ def test_a_parent_that_loses_its_uevent_file_while_read_is_left_out(tmp_path):
     assert not cache.get(str(going))[2]
 
 
+def test_a_parent_read_before_its_subsystem_link_is_read_again(tmp_path):
+    """``device_add()`` creates a device's ``uevent`` file and attributes before its
+    ``subsystem`` link. A record read in that window (a USB adapter without ``usb``) made
+    the identity skip the adapter and name the root hub, for as long as it was cached."""
+    adapter = tmp_path / "1-1"
+    adapter.mkdir()
+    (adapter / "uevent").write_text("DEVTYPE=usb_device\n")
+    (tmp_path / "bus-usb").mkdir()
+    reads = []
+
+    def read(syspath: str) -> Device:  # as libudev: the subsystem is the link's target
+        link = os.path.join(syspath, "subsystem")
+        subsystem = os.path.basename(os.readlink(link)) if os.path.islink(link) else None
+        reads.append(subsystem)
+        return Device(devpath=syspath.removeprefix(str(tmp_path)), sysname="1-1",
+                      subsystem=subsystem, devtype="usb_device")
+
+    cache = ParentCache()
+    assert parent_record(str(adapter), cache, read).subsystem is None  # in the window
+    assert parent_record(str(adapter), cache, read).subsystem is None  # still: the cached one
+    assert reads == [None]
+    (adapter / "subsystem").symlink_to(tmp_path / "bus-usb")  # bus_add_device()
+    assert parent_record(str(adapter), cache, read).subsystem == "bus-usb"
+    assert parent_record(str(adapter), cache, read).subsystem == "bus-usb"
+    assert reads == [None, "bus-usb"]  # read again once, then cached
+
+    # The link appearing between the read and the check: read again at once.
+    other = tmp_path / "1-2"
+    other.mkdir()
+    (other / "uevent").write_text("")
+
+    def read_as_link_appears(syspath: str) -> Device:
+        record = read(syspath)
+        if not os.path.islink(os.path.join(syspath, "subsystem")):
+            os.symlink(tmp_path / "bus-usb", os.path.join(syspath, "subsystem"))
+        return record
+
+    assert parent_record(str(other), cache, read_as_link_appears).subsystem == "bus-usb"
+
+
 def test_sysattr_reads_like_sd_device():
     syspath = next(d.sys_path for d in pyudev.Context().list_devices(subsystem="pci")
                    if os.path.islink(f"{d.sys_path}/driver"))

@@ -146,6 +146,10 @@ def is_device(syspath: str) -> bool:
     return os.access(syspath + "/uevent", os.F_OK)
 
 
+def _has_subsystem(syspath: str) -> bool:
+    return os.access(syspath + "/subsystem", os.F_OK, follow_symlinks=False)
+
+
 def parent_devpath(devpath: str, *, sys_root: str = "/sys") -> Optional[str]:
     """The nearest ancestor directory that is a device (has a ``uevent`` file), as libudev
     finds parents; for a removed device, the nearest one still in sysfs.
@@ -211,20 +215,34 @@ def parent_record(syspath: str, parent_cache: Optional[ParentCache],
     """The record of the ancestor device at ``syspath`` (``read`` builds it), through
     ``parent_cache``; ``None`` when it is gone.
 
-    One that lost its ``uevent`` file between the lookup and the read is being removed:
-    half a record (attributes without a subsystem) would let rules match it under another
-    device's identity, so it is not used (nor cached). Devices that have no subsystem in
-    sysfs (``pci0000:00``, ``platform``) keep their place in the chain, as udev keeps them.
+    Half a record (attributes without a subsystem) would let rules match a device under
+    another device's identity: a USB adapter read so is skipped by the identity, which
+    then names the root hub. Two moments give one:
+
+    * removal: the directory lost its ``uevent`` file between the lookup and the read. Not
+      used, nor cached;
+    * creation: ``device_add()`` makes the ``uevent`` file and the attributes before the
+      ``subsystem`` link. A record without a subsystem is read again whenever the link is
+      there now, cached or not (one ``access(2)``, only for such records).
+
+    Devices that have no subsystem in sysfs (``pci0000:00``, ``platform``) keep their place
+    in the chain, as udev keeps them.
     """
     ino, parent, valid = parent_cache.get(syspath) if parent_cache is not None else (None, None, False)
-    if valid:
+    if valid and not (parent is not None and parent.subsystem is None and _has_subsystem(syspath)):
         return parent
-    try:
-        parent = read(syspath)
-    except (OSError, pyudev.DeviceNotFoundError):  # gone meanwhile
-        parent = None
-    if parent is not None and parent.subsystem is None and not is_device(syspath):
-        return None
+    for _ in range(2):
+        try:
+            parent = read(syspath)
+        except (OSError, pyudev.DeviceNotFoundError):  # gone meanwhile
+            parent = None
+            break
+        if parent.subsystem is not None:
+            break
+        if not is_device(syspath):
+            return None
+        if not _has_subsystem(syspath):
+            break
     if parent_cache is not None:
         parent_cache.put(syspath, ino, parent)
     return parent
