@@ -221,3 +221,79 @@ def test_the_driver_is_looked_up_only_when_a_rule_asks_and_then_it_is_an_input()
     assert runs.runs == 1 and looked == ["serial8250", "serial8250"]  # the recall compared it
     p.handle(serial(3, "other"), "add")
     assert runs.runs == 2 and health(p, "devplug.io/uart") == {}
+
+
+class Stamps:
+    """A source's chain stamps, by hand: ``bump()`` is a uevent naming an ancestor."""
+
+    def __init__(self) -> None:
+        self.tick, self.asked = 1, 0
+
+    def __call__(self, device: Device) -> Optional[int]:
+        self.asked += 1
+        return self.tick
+
+    def bump(self) -> None:
+        self.tick += 1
+
+
+def lazy_tty(seq: int, parent: Device, loads: list[int]) -> Device:
+    """A kernel event's record: the parent is found only when asked (counted in ``loads``)."""
+    def load() -> Device:
+        loads.append(seq)
+        return parent
+    p = {"ACTION": "add", "DEVPATH": TTY, "SUBSYSTEM": "tty", "DEVNAME": "/dev/ttyUSB0", "SEQNUM": str(seq)}
+    return Device(devpath=TTY, sysname="ttyUSB0", subsystem="tty", devnode="/dev/ttyUSB0", properties=p,
+                  read_attr=Attrs({}), load_parent=load)
+
+
+def test_a_chain_the_source_vouches_for_is_not_looked_up():
+    stamps, loads = Stamps(), []
+    p = Pipeline(ruleset(), Inventory(), chain=stamps)
+    p.handle(lazy_tty(1, USB_PARENT, loads), "add")
+    assert loads == [1]  # the pass asked for the chain
+    for seq in range(2, 8, 2):
+        p.handle(lazy_tty(seq, USB_PARENT, loads), "remove")
+        p.handle(lazy_tty(seq + 1, USB_PARENT, loads), "add")
+    assert loads == [1], "no uevent named an ancestor: the chain was never walked again"
+    assert p.recall is not None and p.recall.hits == 3
+    assert health(p) == {"0403-6001-A1-if00": "Healthy"}
+
+
+def test_an_ancestors_uevent_makes_the_recall_look_the_chain_up_again():
+    """Another adapter in the same port: its USB device's uevents bump the stamp, the chain
+    is looked up, it is another record, and the rules run again (its own ID)."""
+    stamps, loads = Stamps(), []
+    rs = ruleset()
+    runs = Counting(rs)
+    p = Pipeline(rs, Inventory(), chain=stamps)
+    p.handle(lazy_tty(1, USB_PARENT, loads), "add")
+    p.handle(lazy_tty(2, USB_PARENT, loads), "remove")
+    stamps.bump()  # the adapter's remove, and the next one's add
+    other = Device(devpath=USB, sysname="1-1", subsystem="usb", devtype="usb_device",
+                   read_attr={"idVendor": "0403", "idProduct": "6001", "serial": "B2"}.get)
+    p.handle(lazy_tty(3, other, loads), "add")
+    assert loads == [1, 3] and runs.runs == 2
+    assert health(p) == {"0403-6001-A1-if00": "Unhealthy", "0403-6001-B2-if00": "Healthy"}
+
+
+def test_a_chain_looked_up_and_found_the_same_is_vouched_for_again():
+    stamps, loads = Stamps(), []
+    p = Pipeline(ruleset(), Inventory(), chain=stamps)
+    p.handle(lazy_tty(1, USB_PARENT, loads), "add")
+    stamps.bump()  # an ancestor's change: the same records
+    flip(p, lazy_tty(2, USB_PARENT, loads))
+    assert loads == [1, 2]  # looked up once, found the same parent: a hit
+    flip(p, lazy_tty(3, USB_PARENT, loads))
+    assert loads == [1, 2], "vouched for again from that lookup on"
+    assert p.recall is not None and p.recall.hits == 2
+
+
+def test_a_source_that_cannot_vouch_leaves_the_lookup_in_place():
+    loads: list[int] = []
+    p = Pipeline(ruleset(), Inventory(), chain=lambda device: None)
+    p.handle(lazy_tty(1, USB_PARENT, loads), "add")
+    flip(p, lazy_tty(2, USB_PARENT, loads))
+    flip(p, lazy_tty(3, USB_PARENT, loads))
+    assert loads == [1, 2, 3]
+    assert p.recall is not None and p.recall.hits == 2

@@ -171,5 +171,13 @@ def test_replug_into_the_same_port(bed: Bed, source: str) -> None:
     assert {i for lst in stream.lists for i in lst} == {ID_A}, stream.lists
     healths = [lst[ID_A] for lst in stream.lists if ID_A in lst]
     assert healths == ["Healthy", "Unhealthy"] * 4, healths
+    # Another adapter into the port the first one left: the same kernel paths, its own ID
+    # (devplug reuses a device's last answer only while no uevent named its ancestors).
+    b = g.plug_serial(SERIAL_B, port=4)
+    try:
+        stream = bed.wait(FTDI, {ID_A: "Unhealthy", ID_B: "Healthy"}, timeout=60)
+    finally:
+        g.unplug(b)
+    bed.wait(FTDI, {ID_A: "Unhealthy", ID_B: "Unhealthy"}, timeout=60)
     r = bed.stop_devplug(dp)
     assert r["rc"] == 0, r["log"][-3000:]

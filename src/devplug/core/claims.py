@@ -15,7 +15,7 @@ from typing import Optional
 from . import identity
 from .device import Device, PathMode
 from .inventory import HOSTPATH_PREFIX, Change, Inventory, Refusal, Sighting
-from .recall import Recall, Touch, watching
+from .recall import ChainStamp, Recall, Touch, no_stamp, watching
 from .rules import Claim, RuleSet
 from .rules.host import as_host
 from .rules.escape import safe_paths
@@ -73,11 +73,13 @@ class Pipeline:
     straight to the root hub, whose ID the device would then be offered under. Still there
     after the pass means its ancestors were there during it; gone means its remove is on
     the way, and the sighting says so instead.
+
+    ``chain`` is the source's stamp for a device's parent chain (see :mod:`.recall`).
     """
 
     def __init__(self, ruleset: RuleSet, inventory: Inventory, *, domain: str = DEFAULT_DOMAIN,
                  path_mode: PathMode = _no_paths, recall: bool = True,
-                 present: Callable[[Device], bool] = _always) -> None:
+                 present: Callable[[Device], bool] = _always, chain: ChainStamp = no_stamp) -> None:
         self.inventory = inventory
         self.present = present
         self.domain = domain
@@ -85,7 +87,7 @@ class Pipeline:
         self._touch = Touch()
         self._plain_host = as_host(path_mode)
         self._host = watching(self._plain_host, self._touch)
-        self.recall: Optional[Recall] = Recall() if recall else None
+        self.recall: Optional[Recall] = Recall(chain=chain) if recall else None
         self.ruleset = ruleset
 
     @property

@@ -10,7 +10,9 @@ the ID again gives the same answer whenever every input is the same, and those a
   new on every ``add`` with the udev source), which rules cannot see;
 * the parent chain, if the pass asked for it: the same parent *record* (the udev adapter
   shares parent records while their sysfs directory is the same one, with the attribute
-  values they read);
+  values they read). Where the source can vouch that no uevent has named an ancestor since
+  (``chain``: equal stamps, ``sources.udev.ancestry``), the chain is not looked up at all:
+  that lookup was the one path lookup in sysfs of a remembered ``add``;
 * the device's own sysfs attributes that were read: each is read again and compared;
 * nothing from the rest of the machine: a pass that asked the host (``TEST``,
   ``SYSCTL{}``, ``CONST{}``, ``[subsystem/sysname]``) is not remembered.
@@ -48,6 +50,7 @@ class _Memo:
     parent: Any  # Optional[Device], or _UNASKED
     sysattrs: tuple[tuple[str, Optional[str]], ...]  # each attribute the pass read, and its value
     sighting: Sighting
+    chain: Optional[int]  # the source's stamp for the parent chain (None: it cannot vouch)
 
 
 def attrs_read(device: Device) -> Optional[dict[str, Optional[str]]]:
@@ -56,14 +59,24 @@ def attrs_read(device: Device) -> Optional[dict[str, Optional[str]]]:
     return getattr(device.read_attr, "values", None)
 
 
+#: The source's stamp for a device's parent chain: equal stamps at two moments mean no
+#: ancestor was added, removed or moved in between; None when it cannot tell.
+ChainStamp = Callable[[Device], Optional[int]]
+
+
+def no_stamp(device: Device) -> Optional[int]:
+    return None
+
+
 class Recall:
     """Remembered sightings by device key (its syspath)."""
 
     #: Devices remembered at most: a gadget replugging under new paths must not grow this.
     LIMIT = 1024
 
-    def __init__(self, *, ignore_seqnum: bool = True, limit: int = LIMIT) -> None:
+    def __init__(self, *, ignore_seqnum: bool = True, limit: int = LIMIT, chain: ChainStamp = no_stamp) -> None:
         self.limit = limit
+        self.chain = chain
         self.ignore_seqnum = ignore_seqnum
         self.hits = 0
         self._memo: dict[str, _Memo] = {}
@@ -93,9 +106,14 @@ class Recall:
         for name in self._ignored:
             if name in props and name in stored:
                 stored[name] = props[name]
-        if (m.action != action or stored != props or (m.driver is not _UNASKED and m.driver != device.driver)
-                or (m.parent is not _UNASKED and device.parent is not m.parent)):
+        if m.action != action or stored != props or (m.driver is not _UNASKED and m.driver != device.driver):
             return None
+        if m.parent is not _UNASKED:
+            chain = self.chain(device)
+            if chain is None or chain != m.chain:
+                if device.parent is not m.parent:
+                    return None
+                m.chain = chain  # looked up now: vouched for until an ancestor's next uevent
         read = device.read_attr
         for name, value in m.sysattrs:
             if read(name) != value:
@@ -116,7 +134,8 @@ class Recall:
         driver = device.driver if device.driver_known else _UNASKED
         parent = device.parent if device.parent_known else _UNASKED
         self._memo[key] = _Memo(action, dict(device.properties), driver, parent,
-                                tuple(values.items()), sighting)
+                                tuple(values.items()), sighting,
+                                self.chain(device) if parent is not _UNASKED else None)
         while len(self._memo) > self.limit:
             del self._memo[next(iter(self._memo))]
 

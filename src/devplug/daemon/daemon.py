@@ -64,7 +64,7 @@ class Daemon:
         self.monitor_running = False
         # The machine as rules see it: TEST{}, SYSCTL{}, CONST{}, other devices' attributes.
         self.pipeline = Pipeline(ruleset, self.inventory, domain=config.domain, path_mode=paths or system.host(),
-                                 present=self._present)
+                                 present=self._present, chain=self._chain_stamp)
         self.cdi = CdiWriter(config.cdi_spec_dir, vendor_domain=config.domain) if config.cdi_spec_dir else None
         # With CDI, kubelet lists what was published after the specs were written.
         self.view = PublishedView(self.inventory) if self.cdi else None
@@ -97,6 +97,11 @@ class Daemon:
         """Whether the source still sees the device (a source that cannot tell: yes)."""
         present = getattr(self.source, "present", None)
         return present(device) if present is not None else True
+
+    def _chain_stamp(self, device: Device) -> Optional[int]:
+        """The source's stamp for the device's parent chain (None: it cannot vouch)."""
+        stamp = getattr(self.source, "chain_stamp", None)
+        return stamp(device) if stamp is not None else None
 
     def _udev_source(self, subsystems: Optional[frozenset[str]], kind: str) -> Source:
         return UdevSource(source=kind, subsystems=subsystems, receive_buffer=self.config.netlink_buffer)

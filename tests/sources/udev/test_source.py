@@ -131,6 +131,33 @@ def test_block_device_hot_add_and_remove(kind, udevd, netlink):
     assert remove.device.properties["DEVNAME"] == f"/dev/{name}"
 
 
+@pytest.mark.parametrize("kind", ["udev", "kernel"])
+def test_every_subsystems_messages_move_the_chain_stamps_below_them(kind, udevd, netlink):
+    """The recall trusts a chain while no message named an ancestor: the source must note
+    the messages it filters out too (a USB adapter's own events, when rules want ``tty``)."""
+    from devplug.core.device import Device
+
+    src = UdevSource(source=kind, subsystems=frozenset({"block"}))
+    src.open()
+    try:
+        below = Device(devpath="/devices/virtual/tty/tty23/child", sysname="child")
+        beside = Device(devpath="/devices/virtual/tty/tty24/child", sysname="child")
+        before = src.chain_stamp(below), src.chain_stamp(beside)
+        tty_uevent(23, "change")  # not a block device: filtered out, but noted
+        if kind == "udev":  # udevd handles unrelated events in parallel: let it send this one first
+            subprocess.run(["udevadm", "settle", "--timeout=10"], check=True)
+        with zram_device():  # then one that is: read after it
+
+            def zram_added(i: Item) -> bool:
+                return isinstance(i, DeviceEvent) and i.device.sysname.startswith("zram") and i.action == "add"
+
+            collect(src, zram_added, 1)
+        assert src.chain_stamp(below) > before[0]
+        assert src.chain_stamp(beside) == before[1]
+    finally:
+        src.close()
+
+
 def _shrink_receive_buffer(src: UdevSource) -> None:
     with socket.socket(fileno=os.dup(src.fileno())) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the kernel's minimum

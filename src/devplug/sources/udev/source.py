@@ -56,6 +56,7 @@ from ...config import NETLINK_BUFFER, UDEV_DB_RECHECK
 from ...core.device import Device
 from ...lib.logs import kv
 from . import db
+from .ancestry import Ancestry
 from .dbwatch import DbWatch
 from .netlink import UeventSocket
 from .records import ParentCache, device_from_uevent, is_device, list_devices
@@ -219,6 +220,7 @@ class UdevSource:
         self._db_checked = -float("inf")
         self.overflows = 0
         self._parent_cache = ParentCache()
+        self._ancestry = Ancestry()
         self._socket: Optional[UeventSocket] = None
         self._dbwatch: Optional[DbWatch] = None
         self._poll: Optional[select.epoll] = None
@@ -307,6 +309,11 @@ class UdevSource:
         """Whether the device is in sysfs now."""
         return is_device(device.syspath)
 
+    def chain_stamp(self, device: Device) -> int:
+        """Equal for two of the device's events when no message read in between named one
+        of its ancestors: its parent chain is the same (see ``ancestry``)."""
+        return self._ancestry.stamp(device.devpath)
+
     def _db_readable(self) -> bool:
         """Whether udev's database directory exists: once it has, every event reads it;
         before, a failing ``open`` per event (about 0.1 ms on a CPU that just woke) is
@@ -334,6 +341,7 @@ class UdevSource:
         fd = self._poll.fileno() if self._poll is not None else sock.fileno()
         wanted = self.subsystems
         watch = self._dbwatch
+        ancestry = self._ancestry
         drained = Drained()
         while True:
             await trio.lowlevel.wait_readable(fd)
@@ -345,6 +353,7 @@ class UdevSource:
                     if exc.errno != errno.ENOBUFS:
                         raise
                     self.overflows += 1
+                    ancestry.lost()
                     dropped, more = sock.drain(_DISCARD_LIMIT)
                     self.overflows += more
                     log.warning("netlink receive buffer overflowed: re-enumerating",
@@ -366,6 +375,9 @@ class UdevSource:
                         yield drained
                     break
                 received = time.perf_counter_ns()
+                ancestry.note(props["DEVPATH"])  # every subsystem's: they may be ancestors
+                if "DEVPATH_OLD" in props:
+                    ancestry.note(props["DEVPATH_OLD"])
                 if wanted is not None and props.get("SUBSYSTEM") not in wanted:
                     continue
                 action = props.get("ACTION") or "change"

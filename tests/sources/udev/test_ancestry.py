@@ -1,0 +1,50 @@
+"""Ancestry: a stamp moves when a message names one of a device's ancestors, only then."""
+
+from __future__ import annotations
+
+from devplug.sources.udev.ancestry import Ancestry
+
+TTY = "/devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0/ttyUSB0/tty/ttyUSB0"
+USB = "/devices/pci0000:00/0000:00:14.0/usb1/1-1"
+
+
+def test_only_ancestors_move_the_stamp():
+    a = Ancestry()
+    before = a.stamp(TTY)
+    for unrelated in (TTY, "/devices/pci0000:00/0000:00:14.0/usb1/1-2", "/devices/virtual/tty/tty20",
+                      USB + "/1-1:1.0/ttyUSB0/tty/ttyUSB0/child", "/devices/pci0000:00/0000:00:14.0/usb1/1-10"):
+        a.note(unrelated)  # itself, a sibling port, elsewhere, below it, a name that only starts alike
+    assert a.stamp(TTY) == before
+    a.note(USB)
+    after = a.stamp(TTY)
+    assert after > before
+    assert a.stamp(TTY) == after  # stable until the next one
+    a.note(USB + "/1-1:1.0")
+    assert a.stamp(TTY) > after
+
+
+def test_lost_messages_and_another_instance_never_repeat_a_stamp():
+    a = Ancestry()
+    a.note(USB)
+    seen = a.stamp(TTY)
+    a.lost()  # ENOBUFS: what was dropped may have named anything
+    assert a.stamp(TTY) > seen
+    b = Ancestry()  # a source reopened after a rules reload
+    assert b.stamp(TTY) not in (seen, a.stamp(TTY))
+
+
+def test_a_forgotten_ancestors_message_still_counts():
+    """The table is bounded: a path pushed out raises the floor to its tick, so an
+    ancestor's message that is no longer listed still moves the stamp."""
+    a = Ancestry(limit=3)
+    a.note(USB)
+    seen = a.stamp(TTY)
+    a.note(USB)  # the adapter again (replugged)
+    for n in range(3):  # three other paths push its entry out
+        a.note(f"/devices/virtual/tty/tty2{n}")
+    assert len(a) == 3
+    assert a.stamp(TTY) > seen
+    later = a.stamp(TTY)
+    for n in range(3, 9):  # more unrelated paths come and go: the floor moves, never back
+        a.note(f"/devices/virtual/tty/tty2{n}")
+    assert a.stamp(TTY) >= later
