@@ -102,16 +102,21 @@ def flips(watch: LineWatch, samples: int) -> tuple[list[float], list[tuple[str, 
 
 
 #: The transport floor: devplug's stack (trio + its h2 transport + pyudev) doing nothing but
-#: flipping one device's health on each tty20 uevent and writing it on every stream.
+#: flipping one device's health on each tty20 uevent and writing it on every stream. With
+#: ``held`` others in the list (the same-resource rows), both lists are encoded beforehand:
+#: what is left is the transport and the receiver decoding N+1 devices per flip.
 H2_FLOOR = r"""
 import functools, sys, trio, pyudev
 from devplug.kubelet import api_pb2
 from devplug.kubelet.transport import Method, Server, frame, listen
-source, path, dev_id = sys.argv[1:4]
+source, path, dev_id, held = sys.argv[1:5]
+others = [api_pb2.Device(ID=f"virtual-block-zram{i}", health="Healthy") for i in range(int(held))]
+lists = {h: frame(api_pb2.ListAndWatchResponse(devices=[api_pb2.Device(ID=dev_id, health=h)] + others).SerializeToString())
+         for h in ("Healthy", "Unhealthy")}
 health = ["Healthy"]
 streams = set()
 def current():
-    return frame(api_pb2.ListAndWatchResponse(devices=[api_pb2.Device(ID=dev_id, health=health[0])]).SerializeToString())
+    return lists[health[0]]
 def list_and_watch(request, stream):
     streams.add(stream)
     stream.on_close = lambda: streams.discard(stream)
@@ -178,10 +183,14 @@ trio.run(main)
 FLOOR_STACKS = {"h2": ("h2 on trio", H2_FLOOR), "grpc": ("trio-asyncio + grpc.aio", GRPC_FLOOR)}
 
 
-def stream_floor(source: str, samples: int, workdir: Path, receiver: str, stack: str = "h2") -> dict:
-    sock = str(workdir / f"floor-{source}-{receiver}-{stack}.sock")
+def stream_floor(source: str, samples: int, workdir: Path, receiver: str, stack: str = "h2",
+                 held: int = 0) -> dict:
+    sock = str(workdir / f"floor-{source}-{receiver}-{stack}-{held}.sock")
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.Popen([sys.executable, "-c", FLOOR_STACKS[stack][1], source, sock, DEV_ID], env=env,
+    if held and stack != "h2":
+        raise ValueError("a transport floor with held devices is built for the h2 stack only")
+    args = [source, sock, DEV_ID] + ([str(held)] if stack == "h2" else [])
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_STACKS[stack][1], *args], env=env,
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -197,7 +206,7 @@ def stream_floor(source: str, samples: int, workdir: Path, receiver: str, stack:
         proc.terminate()
         proc.wait(5)
     return {**summary(latencies), "receiver_cpu_us_per_list": round(cpu / len(latencies) * 1e6),
-            "stack": FLOOR_STACKS[stack][0]}
+            "stack": FLOOR_STACKS[stack][0], "devices": held + 1}
 
 
 def stage_breakdown(sock: str) -> dict | None:
@@ -327,8 +336,14 @@ def main() -> None:
                         ensure_udevd()
                     for kind in kinds:
                         r = run_source(source, args.samples, held, Path(tmp), args.same_resource and held > 0, kind)
-                        if not held and not args.no_stream_floor and args.stream_floor != "none":
-                            r["stream_floor"] = stream_floor(source, args.samples, Path(tmp), kind, args.stream_floor)
+                        same = args.same_resource and held > 0
+                        if (same or not held) and not args.no_stream_floor and args.stream_floor != "none" \
+                                and (args.stream_floor == "h2" or not held):
+                            r["stream_floor"] = stream_floor(source, args.samples, Path(tmp), kind, args.stream_floor,
+                                                             held if same else 0)
+                            if r["floor"]:  # the transport floor against netlink's: what 1.5x leaves
+                                r["ratio_stream_floor_to_floor"] = round(
+                                    r["stream_floor"]["p50_ms"] / r["floor"]["p50_ms"], 2)
                             r["ratio_p50_stream_floor"] = round(r["devplug"]["p50_ms"] / r["stream_floor"]["p50_ms"], 2)
                         results.append(r)
     report = {"benchmark": "hotplug_latency", "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
@@ -357,9 +372,11 @@ def table(results: list[dict]) -> str:
     for r in results:
         f = r.get("stream_floor")
         if f:
-            lines.append(f"{r['source']:<8} {r.get('receiver', '?'):<6} transport floor ({f.get('stack', 'grpc.aio')}, one "
-                         f"device, same uevents): p50 {f['p50_ms']:.3f} p99 {f['p99_ms']:.3f} max {f['max_ms']:.3f} ms; "
-                         f"devplug/floor p50 {r['ratio_p50_stream_floor']}; receiver CPU {f['receiver_cpu_us_per_list']} µs/list")
+            n = f.get("devices", 1)
+            lines.append(f"{r['source']:<8} {r.get('receiver', '?'):<6} transport floor ({f.get('stack', 'grpc.aio')}, "
+                         f"{'one device' if n == 1 else f'{n} devices in the list'}, same uevents): p50 {f['p50_ms']:.3f} p99 {f['p99_ms']:.3f} max {f['max_ms']:.3f} ms; "
+                         f"devplug/floor p50 {r['ratio_p50_stream_floor']}; floor/netlink p50 "
+                         f"{r.get('ratio_stream_floor_to_floor', nan)}; receiver CPU {f['receiver_cpu_us_per_list']} µs/list")
     staged = [r for r in results if (r.get("stages") or {}).get("count")]
     if staged:
         names = staged[0]["stages"]["stages"]

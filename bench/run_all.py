@@ -132,10 +132,15 @@ def rows_hotplug(r: dict) -> list[Row]:
         sf = x.get("stream_floor")
         if sf:
             stack = sf.get("stack", "trio-asyncio + grpc.aio")  # runs before the h2 transport: grpc.aio
-            out.append((f"  same, vs the transport floor (bare {stack} stream, {x['source']}, {recv})",
+            n = sf.get("devices", 1)
+            listed = "" if n == 1 else f", {n} devices listed"
+            out.append((f"  same, vs the transport floor (bare {stack} stream{listed}, {x['source']}, {recv})",
                         f"{d['p50_ms']:.3f} / {d['p99_ms']:.3f} / {d['max_ms']:.3f} ms", "",
                         f"{sf['p50_ms']:.3f} / {sf['p99_ms']:.3f} / {sf['max_ms']:.3f} ms",
                         _ratio(d["p50_ms"], sf["p50_ms"])))
+            if f:
+                out.append((f"  the transport floor itself vs netlink ({x['source']}{listed})",
+                            f"{sf['p50_ms']:.3f} ms", "", f"{f['p50_ms']:.3f} ms", _ratio(sf["p50_ms"], f["p50_ms"])))
         inner = x.get("internal")
         if inner:
             out.append((f"  devplug's own span: uevent read → list written (mean, {x['source']})",
