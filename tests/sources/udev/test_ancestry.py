@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+
+from devplug.core.device import Device
+from devplug.sources.udev import UdevSource
 from devplug.sources.udev.ancestry import Ancestry
 
 TTY = "/devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0/ttyUSB0/tty/ttyUSB0"
@@ -48,3 +52,17 @@ def test_a_forgotten_ancestors_message_still_counts():
     for n in range(3, 9):  # more unrelated paths come and go: the floor moves, never back
         a.note(f"/devices/virtual/tty/tty2{n}")
     assert a.stamp(TTY) >= later
+
+
+def test_a_truncated_message_vouches_for_nothing_before_it(netlink):
+    """A message the socket could not read whole may have named an ancestor: the source's
+    stamps all move (as after an overflow)."""
+    src = UdevSource(source="kernel", subsystems=frozenset({"tty"}))
+    src.open()
+    try:
+        dev = Device(devpath=TTY, sysname="ttyUSB0")
+        before = src.chain_stamp(dev)
+        assert src._socket._accept(b"add@" + USB.encode() + b"\0", [], socket.MSG_TRUNC, (0, 1)) is None
+        assert src.chain_stamp(dev) > before
+    finally:
+        src.close()

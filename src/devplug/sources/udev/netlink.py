@@ -19,6 +19,7 @@ import errno
 import os
 import socket
 import struct
+from collections.abc import Callable
 from typing import Optional
 
 NETLINK_KOBJECT_UEVENT = 15
@@ -64,8 +65,16 @@ def parse(data: bytes) -> Optional[dict[str, str]]:
     return props if "DEVPATH" in props else None
 
 
+def _nothing() -> None:
+    pass
+
+
 class UeventSocket:
-    """A non-blocking netlink uevent socket bound to the kernel's or udevd's group."""
+    """A non-blocking netlink uevent socket bound to the kernel's or udevd's group.
+
+    ``on_lost`` is called for a message that could not be read whole (``MSG_TRUNC``): its
+    device is unknown, so whoever relies on seeing every message must stop relying on it.
+    """
 
     def __init__(self, source: str, receive_buffer: int = 0) -> None:
         self.group = GROUPS[source]
@@ -87,6 +96,7 @@ class UeventSocket:
         self._sock = sock
         self._uid = os.geteuid()
         self._cmsg_size = socket.CMSG_SPACE(_UCRED.size)
+        self.on_lost: Callable[[], None] = _nothing
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -117,7 +127,10 @@ class UeventSocket:
                 return props
 
     def _accept(self, data: bytes, anc: list, flags: int, addr: object) -> Optional[dict[str, str]]:
-        if flags & _MSG_TRUNC or not data:
+        if flags & _MSG_TRUNC:
+            self.on_lost()
+            return None
+        if not data:
             return None
         if isinstance(addr, tuple) and len(addr) >= 2:
             port, groups = addr[0], addr[1]

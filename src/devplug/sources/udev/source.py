@@ -232,6 +232,7 @@ class UdevSource:
         if self._socket is not None:
             return
         sock = UeventSocket(self.source_kind, self.receive_buffer)
+        sock.on_lost = self._ancestry.lost  # a message not read whole may have named an ancestor
         if sock.buffer_error is not None:
             log.warning("cannot enlarge the netlink receive buffer past net.core.rmem_max", extra=kv(
                 error=sock.buffer_error.strerror, asked=self.receive_buffer, got=sock.receive_buffer))
