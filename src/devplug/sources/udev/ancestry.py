@@ -11,9 +11,10 @@ recall (``core.recall``) compares stamps instead of walking sysfs (a path lookup
 
 Every action counts (a ``change`` or ``bind`` of an ancestor too: cheaper than deciding
 which cannot matter). Lost messages (a receive buffer overflow) vouch for nothing before
-them. Bounded: at most ``limit`` paths are kept; forgetting one raises the floor every
-stamp starts from, which only makes stamps differ more often (then the recall looks at
-sysfs, as without this).
+them. Bounded: past ``limit`` paths the table starts over from a floor every stamp
+starts from (as after lost messages): stamps then differ once, and the recall looks at
+sysfs, as without this. Starting over, not forgetting the oldest one by one: evicting from
+the front of a dict that is also updated leaves deleted slots that each eviction scans.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ _TICKS = itertools.count(1)
 
 
 class Ancestry:
-    #: Paths remembered at most (most recently named kept).
+    #: Paths remembered at most before the table starts over.
     LIMIT = 4096
 
     def __init__(self, limit: int = LIMIT) -> None:
@@ -36,11 +37,9 @@ class Ancestry:
     def note(self, devpath: str) -> None:
         """A message named ``devpath`` (its ``DEVPATH``, or the ``DEVPATH_OLD`` of a move)."""
         named = self._named
-        named.pop(devpath, None)  # most recently named last
         named[devpath] = next(_TICKS)
         if len(named) > self._limit:
-            oldest = next(iter(named))
-            self._floor = max(self._floor, named.pop(oldest))
+            self.lost()
 
     def lost(self) -> None:
         """Messages were dropped: nothing read before is vouched for."""
