@@ -7,11 +7,15 @@
 * ``lookup``: a device by ``/sys`` path, devpath or ``/dev`` node, for people.
 * :class:`UdevSource` (``source``) turns uevents into :class:`DeviceEvent` and
   :class:`Resync` items inside trio; see its module for what each source can see.
+* ``choice``: which source ``auto`` means on this node (is a reachable udevd running).
+* ``ancestry``: which device paths the messages read so far named (the recall's chain
+  stamps).
 """
 
 from .lookup import DeviceNotFound, find_device, sysattr_names
 from .records import device_from_pyudev, list_devices, read_sysattr, sysattr_reader
-from .source import Drained, DeviceEvent, Resync, SourceItem, UdevSource, resolve_source, udevd_reachable
+from .choice import resolve_source, udevd_reachable
+from .source import Drained, DeviceEvent, Resync, SourceItem, UdevSource
 
 __all__ = [
     "DeviceEvent",
