@@ -283,3 +283,36 @@ def test_collect_forgets_share_copies_one_by_one_and_the_plain_id_of_twins():
     assert inv.get(R, "same") is not None
     inv.collect(1e9, grace=0, in_use=frozenset(), cap=10)
     assert {e.id for e in inv.entries(R)} == {"fuse-s0", "fuse-s1", "fuse-s2", TX, TY}
+
+
+def test_the_same_sighting_again_changes_only_what_differs():
+    """A replug the recall answered hands the inventory the very sighting it had: health
+    (and since) flip, nothing else; a field that differs under the same claim still shows,
+    and an unchanged Healthy entry is not touched at all."""
+    inv = Inventory(clock=_clock())
+    s = seen("/sys/a/ttyUSB0")
+    inv.apply(s)
+    first = inv.entries(R)[0]
+    v = inv.version(R)
+    assert not inv.apply(s) and inv.version(R) == v and inv.entries(R)[0] is first
+    inv.apply(gone("/sys/a/ttyUSB0"))
+    ch = inv.apply(s)
+    back = inv.entries(R)[0]
+    assert ch.ids == ((R, "ftdi-A1"),) and back.healthy and back.since > first.since
+    assert (back.devnode, back.syspath, back.claim) == (first.devnode, first.syspath, first.claim)
+    ch = inv.apply(seen("/sys/a/ttyUSB0", devnode="/dev/ttyUSB1"))  # the same claim object
+    assert ch.ids == ((R, "ftdi-A1"),) and inv.entries(R)[0].devnode == "/dev/ttyUSB1"
+    assert inv.entries(R)[0].since == back.since  # still Healthy: since kept
+
+
+def test_change_ids_for_none_one_and_several_ids_of_one_resource():
+    inv = Inventory(clock=_clock())
+    inv.apply(Sighting(key="/sys/x", present=True, resource="devplug.io/empty", base_id="x",
+                       claim=Claim(resource="devplug.io/empty")))
+    inv.apply(Sighting(key="/sys/x", present=True))  # unclaimed: the resource stays, empty
+    assert "devplug.io/empty" in inv.resources()
+    ch = inv.forget(["devplug.io/empty"])
+    assert ch.resources == {"devplug.io/empty"} and ch.ids == ()
+    ch = inv.apply(seen("/sys/a", claim=Claim(resource=R, share=3)))
+    assert ch.ids == ((R, "ftdi-A1-s0"), (R, "ftdi-A1-s1"), (R, "ftdi-A1-s2"))
+    assert inv.apply(gone("/sys/a")).ids == ch.ids

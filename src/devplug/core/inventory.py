@@ -50,15 +50,18 @@ class _Resource:
         self.order = self.listed = self.position = None
 
 
-@attrs.define(slots=True)
 class _Update:
-    """What one call to the inventory collects for its :class:`Change`."""
+    """What one call to the inventory collects for its :class:`Change` (a plain class: one
+    is made per uevent, and attrs' factories cost a call each)."""
 
-    twins_in_batch: frozenset[tuple[str, str]] = frozenset()
-    touched: dict[str, set[str]] = attrs.field(factory=dict)
-    refused: list[Refusal] = attrs.field(factory=list)
-    twins: list[Twin] = attrs.field(factory=list)
-    forgotten: int = 0
+    __slots__ = ("twins_in_batch", "touched", "refused", "twins", "forgotten")
+
+    def __init__(self, twins_in_batch: frozenset[tuple[str, str]] = frozenset()) -> None:
+        self.twins_in_batch = twins_in_batch
+        self.touched: dict[str, set[str]] = {}
+        self.refused: list[Refusal] = []
+        self.twins: list[Twin] = []
+        self.forgotten = 0
 
     def touch(self, resource: str, device_id: str) -> None:
         self.touched.setdefault(resource, set()).add(device_id)
@@ -137,7 +140,7 @@ class Inventory:
     # ---- updates -------------------------------------------------------------------
     def apply(self, *sightings: Sighting) -> Change:
         """Fold sightings into the state, in order; return what changed (empty when nothing did)."""
-        u = _Update(_twins_in(sightings))
+        u = _Update(_twins_in(sightings)) if len(sightings) > 1 else _Update()
         for sighting in sightings:
             self._apply(sighting, u)
         return self._finish(u)
@@ -296,8 +299,19 @@ class Inventory:
                 u.touch(s.resource, i)
         res.physical[physical] = ids
         now = None
+        syspath = None if s.hostpath else s.key
         for i in ids:
             old = res.entries.get(i)
+            if (old is not None and old.claim is s.claim and old.resource == s.resource
+                    and old.physical == physical and old.syspath == syspath and old.devnode == s.devnode
+                    and old.subsystem == s.subsystem and old.symlinks == s.symlinks
+                    and old.usb_node == s.usb_node and old.topology == s.topology and old.hostpath == s.hostpath):
+                # The same entry but maybe its health (a replug the recall answered): no new
+                # entry to build and compare field by field.
+                if not old.healthy:
+                    res.replace(old.with_health(True, now := now or self._clock()))
+                    u.touch(s.resource, i)
+                continue
             since = old.since if old is not None and old.healthy else (now := now or self._clock())
             new = Entry(
                 id=i,
@@ -305,7 +319,7 @@ class Inventory:
                 healthy=True,
                 physical=physical,
                 claim=s.claim,
-                syspath=None if s.hostpath else s.key,
+                syspath=syspath,
                 devnode=s.devnode,
                 subsystem=s.subsystem,
                 symlinks=s.symlinks,
@@ -372,6 +386,11 @@ class Inventory:
                 r.version += 1
                 r.snapshot = None
         self.forgotten_total += u.forgotten
-        ids = tuple((name, i) for name in sorted(u.touched) for i in sorted(u.touched[name]))
+        touched = u.touched
+        if len(touched) == 1:  # one device's uevent, the common case
+            name, changed = next(iter(touched.items()))
+            ids = ((name, *changed),) if len(changed) == 1 else tuple((name, i) for i in sorted(changed))
+        else:
+            ids = tuple((name, i) for name in sorted(touched) for i in sorted(touched[name]))
         return Change(resources=frozenset(u.touched), ids=ids, refused=tuple(u.refused), twins=tuple(u.twins),
                       forgotten=u.forgotten)
