@@ -14,7 +14,13 @@ the guest's xHCI enumeration and, for the udev source, udevd's rules: the *ratio
 floor per sample is the figure to read. Absolute TCG times are not comparable with the host's
 benchmarks (the guest runs ~20× slower than the host; two shared cores).
 
-    python bench/bench_usb_guest.py [--cycles 50] [--sources kernel,udev]
+Each step waits ``--pause`` seconds first (1 by default), so it times that step alone: sent
+right after kubelet saw the plug, an unplug waited for what devplug and udevd still had to do
+for the plug (with the kernel source: udevd's database repeats, the port's and interface's
+``bind``), on the guest's one vCPU. ``--pause 0`` runs the steps back to back, as before
+2026-11-28.
+
+    python bench/bench_usb_guest.py [--cycles 50] [--sources kernel,udev] [--pause 1]
 Needs qemu-system-x86 and linux-image-amd64 (``scripts/setup --test``). Prints one JSON
 object, then a table.
 """
@@ -90,7 +96,8 @@ def summary(values: list[float]) -> dict[str, float]:
             "max": round(max(values), 3)}
 
 
-def run_source(guest: Guest, source: str, cycles: int, without_udevd: bool = False) -> dict[str, Any]:
+def run_source(guest: Guest, source: str, cycles: int, without_udevd: bool = False,
+               pause: float = 1.0) -> dict[str, Any]:
     """``cycles`` plug + unplug pairs with ``--udev-source source``.
 
     ``without_udevd`` (kernel source only): udevd is stopped for the run, so devplug does not
@@ -116,6 +123,8 @@ def run_source(guest: Guest, source: str, cycles: int, without_udevd: bool = Fal
     try:
         for i in range(cycles):
             for want in ("Healthy", "Unhealthy"):
+                if pause > 0:
+                    guest.run("sleep", str(pause))
                 t_host = time.perf_counter_ns()
                 if want == "Healthy":
                     plugged = guest.plug_serial(SERIAL, port=1 + i % 2)
@@ -145,7 +154,7 @@ def run_source(guest: Guest, source: str, cycles: int, without_udevd: bool = Fal
             guest.sh("/lib/systemd/systemd-udevd --daemon && udevadm settle -t 60")
     seen = [(s, a, int(t)) for s, a, _name, t in (line.split() for line in floor_log.splitlines()
                                                   if line.count(" ") == 3)]
-    result: dict[str, Any] = {"source": source, "udevd": not without_udevd, "cycles": cycles,
+    result: dict[str, Any] = {"source": source, "udevd": not without_udevd, "cycles": cycles, "pause_s": pause,
                               "clock_uncertainty_ms": round(uncertainty / 1e6, 3),
                               "devplug_exit": end["rc"], "missed": missed, "foreign_ids": sorted(foreign)}
     for want, action in (("Healthy", "add"), ("Unhealthy", "remove")):
@@ -173,6 +182,8 @@ def main() -> None:
     ap.add_argument("--sources", default="kernel,udev")
     ap.add_argument("--kernel-without-udevd", action="store_true",
                     help="also run the kernel source with udevd stopped in the guest")
+    ap.add_argument("--pause", type=float, default=1.0,
+                    help="seconds to wait in the guest before each plug and unplug (0: back to back)")
     args = ap.parse_args()
     reason = unavailable_reason()
     if reason:
@@ -180,9 +191,9 @@ def main() -> None:
     t0 = time.monotonic()
     load = os.getloadavg()[0]
     with Guest() as guest:
-        results = [run_source(guest, s, args.cycles) for s in args.sources.split(",")]
+        results = [run_source(guest, s, args.cycles, pause=args.pause) for s in args.sources.split(",")]
         if args.kernel_without_udevd:
-            results.append(run_source(guest, "kernel", args.cycles, without_udevd=True))
+            results.append(run_source(guest, "kernel", args.cycles, without_udevd=True, pause=args.pause))
         boot = guest.boot_seconds
     report = {"benchmark": "usb_guest_hotplug", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": machine(), "loadavg_start": load, "guest_boot_s": round(boot or 0, 1),
