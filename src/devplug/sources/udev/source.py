@@ -294,23 +294,19 @@ class UdevSource:
                 # device of ours); a wanted one only once it was handled: a path is not its
                 # own ancestor, so its own pass does not need it, and kubelet need not wait.
                 devpath, moved = props["DEVPATH"], props.get("DEVPATH_OLD")
-                if wanted is not None and props.get("SUBSYSTEM") not in wanted:
-                    ancestry.note(devpath)
-                    if moved:
-                        ancestry.note(moved)
-                    continue
-                action = props.get("ACTION") or "change"
-                try:
-                    record, stamp = self._record(dict(props) if watch is not None else props, action)
-                except OSError as exc:
-                    log.debug("dropping event for a device we cannot read", extra=kv(error=str(exc)))
-                    record = None
-                if record is not None:
-                    if watch is not None:
-                        watch.seen(action, record, props, action not in _ABSENT, stamp)
-                    yielded = True
-                    seqnum = props.get("SEQNUM")
-                    yield DeviceEvent(action, record, int(seqnum) if seqnum and seqnum.isdigit() else None, received)
+                if wanted is None or props.get("SUBSYSTEM") in wanted:
+                    action = props.get("ACTION") or "change"
+                    try:
+                        record, stamp = self._record(dict(props) if watch is not None else props, action)
+                    except OSError as exc:
+                        log.debug("dropping event for a device we cannot read", extra=kv(error=str(exc)))
+                    else:
+                        if watch is not None:
+                            watch.seen(action, record, props, action not in _ABSENT, stamp)
+                        yielded = True
+                        seqnum = props.get("SEQNUM")
+                        yield DeviceEvent(action, record, int(seqnum) if seqnum and seqnum.isdigit() else None,
+                                          received)
                 ancestry.note(devpath)
                 if moved:
                     ancestry.note(moved)
