@@ -111,8 +111,9 @@ from devplug.kubelet import api_pb2
 from devplug.kubelet.transport import Method, Server, frame, listen
 source, path, dev_id, held = sys.argv[1:5]
 others = [api_pb2.Device(ID=f"virtual-block-zram{i}", health="Healthy") for i in range(int(held))]
-lists = {h: frame(api_pb2.ListAndWatchResponse(devices=[api_pb2.Device(ID=dev_id, health=h)] + others).SerializeToString())
-         for h in ("Healthy", "Unhealthy")}
+def encoded(h):
+    return api_pb2.ListAndWatchResponse(devices=[api_pb2.Device(ID=dev_id, health=h)] + others).SerializeToString()
+lists = {h: frame(encoded(h)) for h in ("Healthy", "Unhealthy")}
 health = ["Healthy"]
 streams = set()
 def current():
@@ -325,21 +326,23 @@ def main() -> None:
     if note:
         print(f"NOTE: {note}", file=sys.stderr)
     results = []
+    stack = "none" if args.no_stream_floor else args.stream_floor
     with tempfile.TemporaryDirectory(prefix="devplug-bench-") as tmp:
         for held in [int(h) for h in args.held.split(",")]:
             with ZramPool() as pool:  # removes what it added, also on Ctrl-C / SIGTERM
                 if held:
                     pool.add(held)
                     settle()
+                same = args.same_resource and held > 0
                 for source in args.sources.split(","):
                     if source == "udev":
                         ensure_udevd()
                     for kind in kinds:
-                        r = run_source(source, args.samples, held, Path(tmp), args.same_resource and held > 0, kind)
-                        same = args.same_resource and held > 0
-                        if (same or not held) and not args.no_stream_floor and args.stream_floor != "none" \
-                                and (args.stream_floor == "h2" or not held):
-                            r["stream_floor"] = stream_floor(source, args.samples, Path(tmp), kind, args.stream_floor,
+                        r = run_source(source, args.samples, held, Path(tmp), same, kind)
+                        # A transport floor for the rows whose list it can mirror: one device, or
+                        # (h2 only) the same N+1 devices.
+                        if stack != "none" and (not held or (same and stack == "h2")):
+                            r["stream_floor"] = stream_floor(source, args.samples, Path(tmp), kind, stack,
                                                              held if same else 0)
                             if r["floor"]:  # the transport floor against netlink's: what 1.5x leaves
                                 r["ratio_stream_floor_to_floor"] = round(
@@ -373,10 +376,13 @@ def table(results: list[dict]) -> str:
         f = r.get("stream_floor")
         if f:
             n = f.get("devices", 1)
+            listed = "one device" if n == 1 else f"{n} devices in the list"
             lines.append(f"{r['source']:<8} {r.get('receiver', '?'):<6} transport floor ({f.get('stack', 'grpc.aio')}, "
-                         f"{'one device' if n == 1 else f'{n} devices in the list'}, same uevents): p50 {f['p50_ms']:.3f} p99 {f['p99_ms']:.3f} max {f['max_ms']:.3f} ms; "
+                         f"{listed}, same uevents): p50 {f['p50_ms']:.3f} p99 {f['p99_ms']:.3f} "
+                         f"max {f['max_ms']:.3f} ms; "
                          f"devplug/floor p50 {r['ratio_p50_stream_floor']}; floor/netlink p50 "
-                         f"{r.get('ratio_stream_floor_to_floor', nan)}; receiver CPU {f['receiver_cpu_us_per_list']} µs/list")
+                         f"{r.get('ratio_stream_floor_to_floor', nan)}; "
+                         f"receiver CPU {f['receiver_cpu_us_per_list']} µs/list")
     staged = [r for r in results if (r.get("stages") or {}).get("count")]
     if staged:
         names = staged[0]["stages"]["stages"]
