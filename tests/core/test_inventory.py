@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 
+import attrs
+
 from devplug.core.identity import twin_id
-from devplug.core.inventory import Inventory, Sighting
+from devplug.core.inventory import Entry, Inventory, Sighting
 from devplug.core.rules.model import Claim
 
 R = "devplug.io/serial"
@@ -316,3 +318,12 @@ def test_change_ids_for_none_one_and_several_ids_of_one_resource():
     ch = inv.apply(seen("/sys/a", claim=Claim(resource=R, share=3)))
     assert ch.ids == ((R, "ftdi-A1-s0"), (R, "ftdi-A1-s1"), (R, "ftdi-A1-s2"))
     assert inv.apply(gone("/sys/a")).ids == ch.ids
+
+
+def test_the_same_sighting_path_compares_every_field_an_entry_has():
+    """``Inventory._set_entries`` flips a matching entry without building a new one, by
+    comparing the fields one by one: a field added to Entry must be added there too."""
+    compared = {"resource", "physical", "claim", "syspath", "devnode", "subsystem", "symlinks", "usb_node",
+                "topology", "hostpath"}
+    flipped = {"healthy", "since"}
+    assert {f.name for f in attrs.fields(Entry)} == {"id"} | compared | flipped

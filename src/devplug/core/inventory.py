@@ -307,7 +307,8 @@ class Inventory:
                     and old.subsystem == s.subsystem and old.symlinks == s.symlinks
                     and old.usb_node == s.usb_node and old.topology == s.topology and old.hostpath == s.hostpath):
                 # The same entry but maybe its health (a replug the recall answered): no new
-                # entry to build and compare field by field.
+                # entry to build and compare field by field. Every field of Entry but id,
+                # healthy and since is compared (a test holds this list to Entry's).
                 if not old.healthy:
                     res.replace(old.with_health(True, now := now or self._clock()))
                     u.touch(s.resource, i)
