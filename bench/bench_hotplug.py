@@ -13,7 +13,7 @@ Timestamps are CLOCK_MONOTONIC (``time.perf_counter_ns``) in every process.
 ``--held N`` first hot-adds N zram block devices claimed by a second resource, so the
 figures show the cost with a large inventory (they are removed afterwards, also on Ctrl-C).
 With 0 held, a second floor follows: the transport floor, a bare process on the same stack
-(trio + devplug's h2 transport + pyudev; ``--stream-floor grpc``: the old stack, trio +
+(trio + devplug's h2 transport, reading netlink raw; ``--stream-floor grpc``: the old stack, trio +
 trio-asyncio + grpc.aio) that only flips one device's health on each tty20 uevent and
 writes it on a ListAndWatch stream to the same receiver; the gap between it and devplug is
 devplug's own logic.
@@ -101,12 +101,13 @@ def flips(watch: LineWatch, samples: int) -> tuple[list[float], list[tuple[str, 
     return latencies, sent
 
 
-#: The transport floor: devplug's stack (trio + its h2 transport + pyudev) doing nothing but
-#: flipping one device's health on each tty20 uevent and writing it on every stream. With
+#: The transport floor: devplug's stack (trio + its h2 transport) doing nothing but reading
+#: netlink raw (no record, no libudev: less than devplug's own parse) and flipping one
+#: device's health on each tty20 uevent, written on every stream. With
 #: ``held`` others in the list (the same-resource rows), both lists are encoded beforehand:
 #: what is left is the transport and the receiver decoding N+1 devices per flip.
 H2_FLOOR = r"""
-import functools, sys, trio, pyudev
+import functools, socket, sys, trio
 from devplug.kubelet import api_pb2
 from devplug.kubelet.transport import Method, Server, frame, listen
 source, path, dev_id, held = sys.argv[1:5]
@@ -125,17 +126,20 @@ def list_and_watch(request, stream):
 async def main():
     server = Server({b"/v1beta1.DevicePlugin/ListAndWatch": Method(stream=list_and_watch)})
     listener = listen(path)
-    mon = pyudev.Monitor.from_netlink(pyudev.Context(), source=source)
-    mon.filter_by("tty")
-    mon.start()
+    sk = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, 15)  # NETLINK_KOBJECT_UEVENT
+    sk.bind((0, 1 if source == "kernel" else 2))  # the kernel's group, or udevd's
     async with trio.open_nursery() as nursery:
         nursery.start_soon(functools.partial(server.serve, listener, grace=0.5))
         print("ready", flush=True)
         while True:
-            await trio.lowlevel.wait_readable(mon.fileno())
-            while (dev := mon.poll(0)) is not None:
-                if dev.sys_name == "tty20":
-                    health[0] = "Unhealthy" if dev.action == "remove" else "Healthy"
+            await trio.lowlevel.wait_readable(sk.fileno())
+            while True:
+                try:
+                    data = sk.recv(65536)
+                except BlockingIOError:
+                    break
+                if b"DEVPATH=/devices/virtual/tty/tty20\0" in data:
+                    health[0] = "Unhealthy" if b"ACTION=remove\0" in data else "Healthy"
                     message = current()
                     for stream in list(streams):
                         stream.send(message)
