@@ -35,9 +35,13 @@ def no_attrs(_name: str) -> None:
     return None
 
 
-@attrs.frozen(slots=True, eq=False, repr=False)
+@attrs.define(slots=True, eq=False, repr=False)
 class Device:
     """One kernel device with what udev knows of it, plus its parent chain.
+
+    Written once rather than frozen, as the inventory's per-event records are (see
+    :mod:`.entries`): never assigned after it is built, except the lazy ``driver`` and
+    ``parent`` filling themselves in.
 
     ``devpath`` is the kernel's DEVPATH (``/devices/...``, no ``/sys`` prefix).
     ``properties`` are the udev/uevent properties (``ID_VENDOR_ID`` …).

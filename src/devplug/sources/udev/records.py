@@ -86,10 +86,15 @@ def sysattr_reader(syspath: str) -> AttrReader:
     return SysAttrs(syspath)
 
 
+_NO_TAGS: frozenset[str] = frozenset()
+
+
 def _tags(props: dict[str, str]) -> frozenset[str]:
     tags = props.get("CURRENT_TAGS")
     if tags is None:
-        tags = props.get("TAGS", "")
+        tags = props.get("TAGS")
+        if not tags:  # every kernel uevent: no generator to build
+            return _NO_TAGS
     return frozenset(t for t in tags.split(":") if t)
 
 

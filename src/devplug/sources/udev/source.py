@@ -68,12 +68,13 @@ _ABSENT = frozenset({"remove", "unbind"})
 _DISCARD_LIMIT = 100_000
 
 
-@attrs.frozen
+@attrs.define(slots=True)
 class DeviceEvent:
     """One uevent: ``action`` is add/remove/change/bind/unbind/move/online/offline.
 
     ``origin`` is ``"uevent"``, or ``"udev-db"`` for the kernel source's repeat of a
-    device's last event once udevd wrote its database entry (see ``dbwatch``).
+    device's last event once udevd wrote its database entry (see ``dbwatch``). Written
+    once, not frozen, like the other per-event records (``core.entries``).
     """
 
     action: str
