@@ -147,7 +147,11 @@ class KubeletAdapter:
             if p is not None:
                 # The IDs let the list patch what changed; a change without them (CDI's
                 # deferred one) says nothing, and the list finds out itself.
-                p.service.notify(tuple(i for r, i in change.ids if r == name) if change.ids else None)
+                ids = change.ids
+                if len(ids) == 1:  # one device's uevent: no generator to run
+                    p.service.notify((ids[0][1],) if ids[0][0] == name else ())
+                else:
+                    p.service.notify(tuple(i for r, i in ids if r == name) if ids else None)
 
     def status(self) -> dict[str, ResourceStatus]:
         return {

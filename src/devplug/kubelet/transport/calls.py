@@ -56,7 +56,7 @@ class Stream:
         self.deadline: Optional[float] = None  # trio clock
         self.headers_sent = False
         # Outbound: the framed message being written and how far; the one queued after it.
-        self.data: Optional[memoryview] = None
+        self.data: Optional[bytes] = None
         self.offset = 0
         self.tag: Any = None
         self.next: Optional[bytes] = None

@@ -211,7 +211,10 @@ class Outbound:
                         if room <= 0:
                             break  # a WINDOW_UPDATE will resume it
                         self._take()  # h2's frames (the headers) go first
-                        chunk = stream.data[stream.offset:stream.offset + room]
+                        data, offset = stream.data, stream.offset
+                        # A whole message as it is (the common case: no view to make and slice).
+                        chunk = (data if offset == 0 and len(data) <= room
+                                 else memoryview(data)[offset:offset + room])
                         self._data_frame(sid, chunk, h2conn, h2stream)
                         stream.offset += len(chunk)
                     else:  # h2 says why not (a reset stream, a closed connection)
@@ -219,14 +222,14 @@ class Outbound:
                         if room <= 0:
                             break
                         end = stream.offset + room
-                        h2conn.send_data(sid, stream.data[stream.offset:end])
+                        h2conn.send_data(sid, memoryview(stream.data)[stream.offset:end])
                         stream.offset = min(end, len(stream.data))
                         self._take()
                     if stream.offset == len(stream.data):
                         stream.data = None
                         if stream.handle is not None:
                             self._written_marks.append((self.queued, stream, stream.tag))
-                if stream.idle:
+                if stream.data is None and stream.next is None and not stream.dirty:  # Stream.idle
                     del self.sending[sid]
                     if stream.trailers is not None:
                         code, message = stream.trailers
@@ -236,7 +239,7 @@ class Outbound:
                 self._forget(stream)
         return False
 
-    def _data_frame(self, sid: int, chunk: memoryview, h2conn: h2.connection.H2Connection,
+    def _data_frame(self, sid: int, chunk: bytes | memoryview, h2conn: h2.connection.H2Connection,
                     h2stream: h2.stream.H2Stream) -> None:
         """One DATA frame, framed here and counted against h2's send windows as
         ``H2Connection.send_data`` would: what h2 adds for an open stream on an open
@@ -254,13 +257,13 @@ class Outbound:
     def _start(self, stream: Stream) -> bool:
         """Take the stream's next message to write: a queued one, else its source's newest."""
         if stream.next is not None:
-            stream.data, stream.tag, stream.next = memoryview(stream.next), stream.next_tag, None
+            stream.data, stream.tag, stream.next = stream.next, stream.next_tag, None
         elif stream.dirty and stream.source is not None:
             stream.dirty = False
             tag, message = stream.source()
             if message is None:
                 return False
-            stream.data, stream.tag = memoryview(message), tag
+            stream.data, stream.tag = message, tag
         else:
             return False
         stream.offset = 0
