@@ -69,3 +69,57 @@ def test_hand_framed_data_is_h2s_bytes_and_windows(sizes):
     finally:
         a.close()
         b.close()
+
+
+class _Handle:
+    def __init__(self) -> None:
+        self.written: list[object] = []
+
+    def on_written(self, tag: object, woke_ns: int, send_ns: int) -> None:
+        self.written.append(tag)
+
+
+@pytest.mark.parametrize("sizes", [(5,), (16379,), (16380, 40), (70000,), (7, 9)])
+def test_a_state_stream_written_at_once_sends_what_the_general_path_sends(sizes):
+    """``Outbound._write_state`` (one list that fits, framed at once) against ``_pump`` on
+    an identical connection: the same bytes reach the socket, the same windows are left,
+    the same messages are confirmed; a list that does not fit one frame or the window
+    (70,000 bytes: past the 65,535 initial window) goes the general way on both."""
+    from devplug.kubelet.transport.calls import Stream
+
+    client, general, fast, sid = _server_pair()
+    results = []
+    for server, shortcut in ((general, False), (fast, True)):
+        a, b = socket.socketpair()
+        try:
+            out = Outbound(a, server, Limits())
+            server.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+            stream = Stream(sid, None, None)
+            stream.headers_sent = True
+            stream.handle = handle = _Handle()  # type: ignore[assignment]
+            lists = iter(enumerate(bytes([n % 251]) * n for n in sizes))
+            stream.source = lambda: next(lists, (None, None))
+            if not shortcut:
+                out._write_state = lambda s: False  # type: ignore[method-assign]
+            for _ in sizes:
+                stream.cooling = False  # as the writer task leaves it between changes
+                out.changed(stream, 0)
+            b.setblocking(False)
+            got = b""
+            try:
+                while chunk := b.recv(1 << 20):
+                    got += chunk
+            except BlockingIOError:
+                pass
+            results.append((got, server.outbound_flow_control_window, server.local_flow_control_window(sid),
+                            handle.written, out.queued, len(out.out)))
+        finally:
+            a.close()
+            b.close()
+    assert results[0] == results[1]
+    got = results[1][0]
+    # What a client makes of it: the lists, in order, as far as the window let them go.
+    events = client.receive_data(got)
+    data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    assert data == b"".join(bytes([n % 251]) * n for n in sizes)[:len(data)]
+    assert len(data) == min(sum(sizes), 65535)

@@ -148,6 +148,29 @@ def test_event_records_have_the_chain_udevadm_walks(udevd):
     assert roots  # the machine has such parents (pci0000:00, platform): the case was exercised
 
 
+def test_a_gone_devices_record_says_what_its_event_said_and_reads_nothing(tmp_path):
+    """A remove or unbind only turns IDs Unhealthy: its record is the event's properties,
+    and nothing is read from sysfs for it (here the directory is still there, with an
+    attribute, a driver link and a parent; a present device's record would read them)."""
+    dev = tmp_path / "devices" / "platform" / "serial8250" / "tty" / "ttyS9"
+    dev.mkdir(parents=True)
+    (dev / "uevent").write_text("")
+    (dev / "dev").write_text("4:73\n")
+    (dev / "driver").symlink_to(tmp_path)
+    (dev.parent.parent / "uevent").write_text("")
+    props = {"ACTION": "remove", "DEVPATH": "/devices/platform/serial8250/tty/ttyS9", "SUBSYSTEM": "tty",
+             "DEVNAME": "ttyS9", "MAJOR": "4", "MINOR": "73", "DEVLINKS": "/dev/b /dev/a", "TAGS": ":y:x:"}
+    for gone in (True, False):
+        record = device_from_uevent(dict(props), context=pyudev.Context(), sys_root=str(tmp_path), gone=gone)
+        assert (record.subsystem, record.sysname, record.devnode) == ("tty", "ttyS9", "/dev/ttyS9")
+        assert record.symlinks == ("/dev/a", "/dev/b") and record.tags == frozenset({"x", "y"})
+        assert record.properties["TAGS"] == ":x:y:"
+        if gone:
+            assert (record.read_attr("dev"), record.driver, record.parent) == (None, None, None)
+        else:
+            assert record.read_attr("dev") == "4:73" and record.driver == os.path.basename(tmp_path)
+
+
 def test_a_parent_that_loses_its_uevent_file_while_read_is_left_out(tmp_path):
     """Half a record (no subsystem) of a parent being removed stays out of the chain and the
     cache; a parent that simply has no subsystem (its uevent file is there) stays in."""

@@ -37,7 +37,8 @@ log = logging.getLogger("devplug.kubelet.transport")
 _ERR = h2.errors.ErrorCodes
 #: A DATA frame's header (RFC 9113 §4.1): length (24 bits) and type 0 in one word, flags, stream.
 _DATA_HEADER = struct.Struct(">IBI")
-_CONN_OPEN = frozenset({ConnectionState.SERVER_OPEN, ConnectionState.CLIENT_OPEN})
+#: A tuple, not a set: ConnectionState is a plain Enum, whose hash is a Python call.
+_CONN_OPEN = (ConnectionState.SERVER_OPEN, ConnectionState.CLIENT_OPEN)
 #: Stream states in which h2 lets DATA go out (and does nothing else when it does).
 _STREAM_SENDS = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
 
@@ -101,17 +102,47 @@ class Outbound:
     def changed(self, stream: Stream, woke_ns: Optional[int]) -> None:
         """``stream`` has something new: written now unless it is busy or cooling (then the
         writer task sends the newest once the event path yields, or the socket drains)."""
-        if stream.source is not None:
-            stream.dirty = True
-        if stream.id not in self.sending:
-            self.sending[stream.id] = stream
-        if stream.data is None and not stream.cooling:
-            before = self.queued
-            self.drive(woke_ns)
-            if self.queued != before and stream.handle is not None and not stream.done:
-                stream.cooling = True
-                self._cooling.append(stream)
-                self._wake.set()
+        busy = stream.data is not None or stream.cooling
+        before = self.queued
+        if busy or self.sending or stream.source is None or not self._write_state(stream):
+            if stream.source is not None:
+                stream.dirty = True
+            if stream.id not in self.sending:
+                self.sending[stream.id] = stream
+            if busy:
+                return
+        self.drive(woke_ns)
+        if self.queued != before and stream.handle is not None and not stream.done:
+            stream.cooling = True
+            self._cooling.append(stream)
+            self._wake.set()
+
+    def _write_state(self, stream: Stream) -> bool:
+        """The common case of a state stream changing, framed at once: nothing else of this
+        connection waits, and the source's newest list fits one frame and the windows. What
+        ``_pump`` would do for it, without its loops (each line counts on a CPU that just
+        woke: this is the last step before ``send(2)``). False: the general path takes it
+        (with the list, if one was taken, as the stream's next message)."""
+        h2conn = self.h2
+        h2stream = h2conn.streams.get(stream.id)
+        if (self.closing or stream.done or not stream.headers_sent or stream.next is not None
+                or h2stream is None or h2conn.state_machine.state not in _CONN_OPEN
+                or h2stream.state_machine.state not in _STREAM_SENDS):
+            return False
+        assert stream.source is not None
+        stream.dirty = False
+        tag, message = stream.source()
+        if message is None:
+            return True  # this stream has the newest already
+        if (len(message) > min(h2conn.outbound_flow_control_window, h2stream.outbound_flow_control_window,
+                                h2conn.max_outbound_frame_size) or len(self.out) >= self.limits.out_high):
+            stream.next, stream.next_tag = message, tag
+            return False
+        self._take()  # h2's frames (a WINDOW_UPDATE, a PING's ACK) go first
+        self._data_frame(stream.id, message, h2conn, h2stream)
+        if stream.handle is not None:
+            self._written_marks.append((self.queued, stream, tag))
+        return True
 
     def finish(self, stream: Stream, code: Status, message: str = "",
                extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:

@@ -33,7 +33,7 @@ from typing import Optional
 
 import pyudev
 
-from ...core.device import AttrReader, Device
+from ...core.device import AttrReader, Device, no_attrs
 
 _LINK_ATTRS = frozenset({"driver", "subsystem", "module"})
 
@@ -127,10 +127,16 @@ def _sorted_list_properties(props: dict[str, str]) -> None:
     links = props.get("DEVLINKS")
     if links:
         props["DEVLINKS"] = " ".join(sorted(links.split()))
-    for key in ("TAGS", "CURRENT_TAGS"):
-        tags = props.get(key)
-        if tags:
-            props[key] = ":" + ":".join(sorted(t for t in tags.split(":") if t)) + ":"
+    tags = props.get("TAGS")
+    if tags:
+        props["TAGS"] = _sorted_tags(tags)
+    tags = props.get("CURRENT_TAGS")
+    if tags:
+        props["CURRENT_TAGS"] = _sorted_tags(tags)
+
+
+def _sorted_tags(tags: str) -> str:
+    return ":" + ":".join(sorted(t for t in tags.split(":") if t)) + ":"
 
 
 def _driver(props: dict[str, str], syspath: str) -> Optional[str]:
@@ -309,23 +315,13 @@ def device_from_uevent(props: dict[str, str], *, context: pyudev.Context, sys_ro
 
     What the event says is used as is; the parent chain and (when the event names none) the
     driver are looked up only when a rule or the identity asks for them (in the same pass
-    over the rules, so sysfs is read as it is then), and a ``remove`` never asks. Attribute
-    reads stay lazy as for every record; ``gone`` (a remove or unbind) skips the ``driver``
-    link, which is gone with the device.
+    over the rules, so sysfs is read as it is then). Attribute reads stay lazy as for every
+    record. ``gone`` (a remove or unbind, whose event only turns IDs Unhealthy and never
+    runs the rules) reads nothing: no driver link, no attributes, no parent.
     """
     _sorted_list_properties(props)
     devpath = props["DEVPATH"]
     syspath = sys_root + devpath
-
-    def load_parent() -> Optional[Device]:
-        parent_path = parent_devpath(devpath, sys_root=sys_root)
-        if parent_path is None:
-            return None
-        return parent_record(
-            sys_root + parent_path, parent_cache,
-            lambda syspath: device_from_pyudev(pyudev.Devices.from_sys_path(context, syspath),
-                                               sys_root=sys_root, parent_cache=parent_cache))
-
     devname = props.get("DEVNAME")
     if devname is not None and not devname.startswith("/"):
         devname = props["DEVNAME"] = "/dev/" + devname  # as libudev reports the kernel's name
@@ -344,10 +340,24 @@ def device_from_uevent(props: dict[str, str], *, context: pyudev.Context, sys_ro
         symlinks=tuple(links.split()) if links else (),
         properties=props,
         tags=_tags(props),
-        read_attr=sysattr_reader(syspath),
+        read_attr=no_attrs if gone else SysAttrs(syspath),
         sys_root=sys_root,
-        load_parent=load_parent,
+        load_parent=None if gone else _parent_loader(devpath, sys_root, context, parent_cache),
     )
+
+
+def _parent_loader(devpath: str, sys_root: str, context: pyudev.Context,
+                   parent_cache: Optional[ParentCache]) -> Callable[[], Optional[Device]]:
+    """Finds an event's parent record when first asked (see :func:`device_from_uevent`)."""
+    def load_parent() -> Optional[Device]:
+        parent_path = parent_devpath(devpath, sys_root=sys_root)
+        if parent_path is None:
+            return None
+        return parent_record(
+            sys_root + parent_path, parent_cache,
+            lambda syspath: device_from_pyudev(pyudev.Devices.from_sys_path(context, syspath),
+                                               sys_root=sys_root, parent_cache=parent_cache))
+    return load_parent
 
 
 def list_devices(
