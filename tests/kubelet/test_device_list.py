@@ -4,6 +4,7 @@ exactly what protobuf encodes for the resource's entries, and its caches stay bo
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import pytest
 
@@ -102,6 +103,10 @@ class CountingView:
         self.reads += 1
         return self.inv.entries(resource)
 
+    def listed(self, resource):
+        self.reads += 1
+        return self.inv.listed(resource)
+
     def get(self, resource, device_id):
         return self.inv.get(resource, device_id)
 
@@ -159,3 +164,23 @@ def test_a_flip_among_a_thousand_patches_one_element():
         assert lst.current()[1] == encoded(inv)
         inv.apply(seen(f"/sys/d{k}", f"D{k:04d}"))
         assert lst.current()[1] == encoded(inv)
+
+
+def test_a_told_flip_reads_its_own_entry_and_snapshots_nothing():
+    """A flip the change told reads the inventory's list in place: no tuple of 1,001 entries
+    is made for it (``Inventory.entries`` is never asked), and the list stays exact."""
+    inv = Inventory()
+    inv.apply(*(seen(f"/sys/d{k}", f"D{k:04d}") for k in range(1001)))
+    view = CountingView(inv)
+    lst = DeviceList(R, view)
+    lst.current()
+    snapshots = []
+    real_entries = inv.entries
+    inv.entries = lambda resource: snapshots.append(resource) or real_entries(resource)  # type: ignore[method-assign]
+    for k in (0, 500, 1000):
+        for sighting in (gone(f"/sys/d{k}"), seen(f"/sys/d{k}", f"D{k:04d}")):
+            change = inv.apply(sighting)
+            lst.hint([i for _r, i in change.ids])
+            message = lst.current()[1]
+            assert not snapshots
+            assert message == encoded(SimpleNamespace(entries=real_entries))

@@ -79,12 +79,13 @@ class _Handle:
         self.written.append(tag)
 
 
-@pytest.mark.parametrize("sizes", [(5,), (16379,), (16380, 40), (70000,), (7, 9)])
+@pytest.mark.parametrize("sizes", [(5,), (16379,), (16380, 40), (16384,), (40000,), (32768, 9), (70000,), (7, 9)])
 def test_a_state_stream_written_at_once_sends_what_the_general_path_sends(sizes):
     """``Outbound._write_state`` (one list that fits, framed at once) against ``_pump`` on
     an identical connection: the same bytes reach the socket, the same windows are left,
-    the same messages are confirmed; a list that does not fit one frame or the window
-    (70,000 bytes: past the 65,535 initial window) goes the general way on both."""
+    the same messages are confirmed; a list longer than a frame goes in several (40,000
+    bytes: three), and one that does not fit the window (70,000 bytes: past the 65,535
+    initial window) goes the general way on both."""
     from devplug.kubelet.transport.calls import Stream
 
     client, general, fast, sid = _server_pair()

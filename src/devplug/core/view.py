@@ -1,7 +1,8 @@
 """What a front door lists: the inventory, or the inventory as of the last publish.
 
-Front doors (the kubelet plugins) read devices through three calls — ``version``,
-``entries`` and ``get`` — that :class:`~.inventory.Inventory` answers live. With CDI the
+Front doors (the kubelet plugins) read devices through four calls — ``version``,
+``entries``, ``listed`` (the same entries, to read at once: no snapshot is made) and
+``get`` — that :class:`~.inventory.Inventory` answers live. With CDI the
 daemon writes the specs in a worker thread, and a ListAndWatch stream must never list an
 ID the container runtime cannot resolve yet; :class:`PublishedView` answers ``version``
 and ``entries`` from a snapshot published after its spec was written, while ``get`` stays
@@ -10,7 +11,7 @@ live so Allocate refuses a device that is gone now.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Optional, Protocol
 
 from .entries import Entry
@@ -25,6 +26,7 @@ class DeviceView(Protocol):
 
     def version(self, resource: str) -> int: ...
     def entries(self, resource: str) -> tuple[Entry, ...]: ...
+    def listed(self, resource: str) -> Sequence[Entry]: ...
     def get(self, resource: str, device_id: str) -> Optional[Entry]: ...
 
 
@@ -53,6 +55,9 @@ class PublishedView:
 
     def entries(self, resource: str) -> tuple[Entry, ...]:
         return self._published.get(resource, (0, ()))[1]
+
+    def listed(self, resource: str) -> Sequence[Entry]:
+        return self.entries(resource)
 
     def get(self, resource: str, device_id: str) -> Optional[Entry]:
         return self._inventory.get(resource, device_id)

@@ -119,10 +119,11 @@ class Outbound:
 
     def _write_state(self, stream: Stream) -> bool:
         """The common case of a state stream changing, framed at once: nothing else of this
-        connection waits, and the source's newest list fits one frame and the windows. What
-        ``_pump`` would do for it, without its loops (each line counts on a CPU that just
-        woke: this is the last step before ``send(2)``). False: the general path takes it
-        (with the list, if one was taken, as the stream's next message)."""
+        connection waits, and the source's newest list fits both windows (in as many frames
+        as the peer's frame size needs). What ``_pump`` would do for it, without its
+        per-stream bookkeeping (each line counts on a CPU that just woke: this is the last
+        step before ``send(2)``). False: the general path takes it (with the list, if one was
+        taken, as the stream's next message)."""
         h2conn = self.h2
         h2stream = h2conn.streams.get(stream.id)
         if (self.closing or stream.done or not stream.headers_sent or stream.next is not None
@@ -134,12 +135,19 @@ class Outbound:
         tag, message = stream.source()
         if message is None:
             return True  # this stream has the newest already
-        if (len(message) > min(h2conn.outbound_flow_control_window, h2stream.outbound_flow_control_window,
-                                h2conn.max_outbound_frame_size) or len(self.out) >= self.limits.out_high):
+        n = len(message)
+        if (n > h2conn.outbound_flow_control_window or n > h2stream.outbound_flow_control_window
+                or len(self.out) >= self.limits.out_high):
             stream.next, stream.next_tag = message, tag
             return False
         self._take()  # h2's frames (a WINDOW_UPDATE, a PING's ACK) go first
-        self._data_frame(stream.id, message, h2conn, h2stream)
+        frame_size = h2conn.max_outbound_frame_size
+        if n <= frame_size:
+            self._data_frame(stream.id, message, h2conn, h2stream)
+        else:
+            view = memoryview(message)
+            for offset in range(0, n, frame_size):
+                self._data_frame(stream.id, view[offset:offset + frame_size], h2conn, h2stream)
         if stream.handle is not None:
             self._written_marks.append((self.queued, stream, tag))
         return True
