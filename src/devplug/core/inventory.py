@@ -227,9 +227,10 @@ class Inventory:
             if physical != base:
                 u.twins.append(Twin(resource=resource, base_id=base, key=s.key, id=physical))
         self._set_entries(s, physical, u)
-        for key in sorted(others):
-            if self._bound.get(key) == (resource, base):
-                self._retag(key, resource, base, u)
+        if others:
+            for key in sorted(others):
+                if self._bound.get(key) == (resource, base):
+                    self._retag(key, resource, base, u)
 
     def _twin(self, resource: str, base: str, key: str) -> str:
         for length in (8, 16, 64):  # a longer tag only if a shorter one is another device's

@@ -118,7 +118,7 @@ class Daemon:
             for twin in change.twins:
                 log.warning("devices derive the same ID, told apart by kernel path", extra=kv(**twin.fields()))
             self.telemetry.on_refused(change.refused)
-        if not change:
+        if not change.resources:  # bool(change), without the call: every uevent passes here
             return
         if not change.resources <= self._served:
             # A resource the change dropped (forgotten on reload) must not come back here.
@@ -232,7 +232,7 @@ class Daemon:
                 built = perf_counter_ns()
                 change = self.pipeline.handle(item.device, item.action)
                 handled = perf_counter_ns()
-                if change:  # before publish: the streams send (and report it) inside publish
+                if change.resources:  # before publish: the streams send (and report it) inside publish
                     self.telemetry.mark(change, item.received_ns, built, handled)
                 self.publish(change)
                 done.append((item, change))
