@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -132,6 +133,7 @@ def main() -> None:
     finally:
         child.terminate()
         child.wait(10)
+        shutil.rmtree(d, ignore_errors=True)  # the child's socket (SIGTERM leaves it)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -104,6 +105,7 @@ def main() -> None:
         standin.stdin.write("quit\n")
         standin.stdin.close()
         standin.wait(10)
+        shutil.rmtree(d, ignore_errors=True)  # the child's socket (SIGTERM leaves it)
 
 
 if __name__ == "__main__":
