@@ -43,6 +43,13 @@ _CONN_OPEN = (ConnectionState.SERVER_OPEN, ConnectionState.CLIENT_OPEN)
 _STREAM_SENDS = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
 
 
+def _frames_here(h2conn: h2.connection.H2Connection, h2stream: Optional[h2.stream.H2Stream]) -> bool:
+    """Whether DATA of this stream may be framed here (:meth:`Outbound._data_frame`): h2 says
+    the connection and the stream are open, so ``send_data`` would only count the windows."""
+    return (h2stream is not None and h2conn.state_machine.state in _CONN_OPEN
+            and h2stream.state_machine.state in _STREAM_SENDS)
+
+
 class Outbound:
     """State and writing of one connection; :class:`~.connection.Connection` adds the rest."""
 
@@ -127,10 +134,9 @@ class Outbound:
         h2conn = self.h2
         h2stream = h2conn.streams.get(stream.id)
         if (self.closing or stream.done or not stream.headers_sent or stream.next is not None
-                or h2stream is None or h2conn.state_machine.state not in _CONN_OPEN
-                or h2stream.state_machine.state not in _STREAM_SENDS):
+                or not _frames_here(h2conn, h2stream)):
             return False
-        assert stream.source is not None
+        assert stream.source is not None and h2stream is not None
         stream.dirty = False
         tag, message = stream.source()
         if message is None:
@@ -243,17 +249,14 @@ class Outbound:
                     if len(self.out) >= self.limits.out_high:
                         return True
                     h2stream = h2conn.streams.get(sid)
-                    if (h2stream is not None and h2conn.state_machine.state in _CONN_OPEN
-                            and h2stream.state_machine.state in _STREAM_SENDS):
+                    if _frames_here(h2conn, h2stream):
+                        assert h2stream is not None
                         room = min(h2conn.outbound_flow_control_window, h2stream.outbound_flow_control_window,
                                    frame_size)
                         if room <= 0:
                             break  # a WINDOW_UPDATE will resume it
                         self._take()  # h2's frames (the headers) go first
-                        data, offset = stream.data, stream.offset
-                        # A whole message as it is (the common case: no view to make and slice).
-                        chunk = (data if offset == 0 and len(data) <= room
-                                 else memoryview(data)[offset:offset + room])
+                        chunk = memoryview(stream.data)[stream.offset:stream.offset + room]
                         self._data_frame(sid, chunk, h2conn, h2stream)
                         stream.offset += len(chunk)
                     else:  # h2 says why not (a reset stream, a closed connection)
@@ -268,7 +271,7 @@ class Outbound:
                         stream.data = None
                         if stream.handle is not None:
                             self._written_marks.append((self.queued, stream, stream.tag))
-                if stream.data is None and stream.next is None and not stream.dirty:  # Stream.idle
+                if stream.idle:
                     del self.sending[sid]
                     if stream.trailers is not None:
                         code, message = stream.trailers
