@@ -10,10 +10,10 @@ import pytest
 
 from devplug.core.device import Device
 from devplug.core.entries import Change, Entry, Sighting
-from devplug.sources.udev.source import DeviceEvent
+from devplug.sources.udev.source import DeviceEvent, Uevent
 from tests import udevd as host_udevd
 
-WRITE_ONCE = (Device, Entry, Sighting, Change, DeviceEvent)
+WRITE_ONCE = (Device, Entry, Sighting, Change, DeviceEvent, Uevent)
 
 IS_ROOT = os.geteuid() == 0
 

@@ -327,3 +327,42 @@ def test_the_same_sighting_path_compares_every_field_an_entry_has():
                 "topology", "hostpath"}
     flipped = {"healthy", "since"}
     assert {f.name for f in attrs.fields(Entry)} == {"id"} | compared | flipped
+
+
+def test_gone_is_applying_an_absent_sighting():
+    """``Inventory.gone`` (every unplug's path) leaves the same state and reports the same
+    change as ``apply(Sighting(present=False))``, whatever came before: twins, refusals,
+    shares, devices moving between resources, keys never seen."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from devplug.core.entries import Refusal
+
+    keys = [f"/sys/d{i}" for i in range(4)]
+    step = st.tuples(st.sampled_from(keys), st.sampled_from(["add", "refuse", "remove", "release"]),
+                     st.sampled_from(["x", "y"]), st.sampled_from(["b0", "b1"]), st.integers(1, 2))
+
+    def state(inv):
+        return ({r: inv.entries(r) for r in inv.resources()}, inv.refused(),
+                {k: inv.binding(k) for k in keys})
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(step, max_size=30))
+    def run(steps):
+        one, other = Inventory(clock=_clock()), Inventory(clock=_clock())
+        for key, op, res, base, share in steps:
+            resource = f"devplug.io/{res}"
+            if op == "remove":
+                assert one.apply(gone(key)) == other.gone(key)
+            else:
+                if op == "add":
+                    s = seen(key, base=base, resource=resource, claim=Claim(resource=resource, share=share))
+                elif op == "refuse":
+                    s = Sighting(key=key, present=True, resource=resource, claim=Claim(resource=resource),
+                                 refusal=Refusal(key=key, resource=resource, rule="a.rules:1", reason="bad"))
+                else:
+                    s = Sighting(key=key, present=True)
+                assert one.apply(s) == other.apply(s)
+            assert state(one) == state(other)
+
+    run()

@@ -297,3 +297,64 @@ def test_a_source_that_cannot_vouch_leaves_the_lookup_in_place():
     flip(p, lazy_tty(3, USB_PARENT, loads))
     assert loads == [1, 2, 3]
     assert p.recall is not None and p.recall.hits == 2
+
+
+class LazyReport:
+    """What the udev source's ``Uevent`` is to the core: the event's own properties, and
+    its record built only when asked (counted in ``built``)."""
+
+    def __init__(self, action: str, seq: int, sysfs: dict[str, str], built: list[str], **props: str) -> None:
+        self.action, self._sysfs, self._built = action, sysfs, built
+        self.properties = {"ACTION": action, "DEVPATH": TTY, "SUBSYSTEM": "tty", "DEVNAME": "ttyUSB0",
+                           "SEQNUM": str(seq), **props}
+        self.devpath, self.syspath = TTY, "/sys" + TTY
+        self._device: Optional[Device] = None
+
+    @property
+    def device(self) -> Device:
+        if self._device is None:
+            self._built.append(self.action)
+            props = dict(self.properties, DEVNAME="/dev/ttyUSB0")  # the record normalises
+            self._device = Device(devpath=TTY, sysname="ttyUSB0", subsystem="tty", devnode="/dev/ttyUSB0",
+                                  properties=props, read_attr=Attrs(self._sysfs), parent=USB_PARENT,
+                                  load_driver=lambda: None)  # no DRIVER in the event: looked up if asked
+        return self._device
+
+
+def test_a_report_builds_its_record_only_for_a_pass_or_an_input_the_recall_must_read():
+    built: list[str] = []
+    stamps = Stamps()
+    # No ATTRS{} (which reads the device's own attributes too): nothing to read again.
+    p = Pipeline(ruleset('SUBSYSTEM=="tty", KERNEL=="ttyUSB*", RESOURCE="serial"\n'), Inventory(), chain=stamps)
+    p.handle(LazyReport("add", 1, {}, built), "add")
+    assert built == ["add"]  # the rules ran on it
+    for seq in range(2, 8, 2):
+        p.handle(LazyReport("remove", seq, {}, built), "remove")
+        p.handle(LazyReport("add", seq + 1, {}, built), "add")
+    assert built == ["add"], "a remove and a remembered add need no record"
+    assert p.recall is not None and p.recall.hits == 3
+    assert health(p) == {"0403-6001-A1-if00": "Healthy"}
+    p.handle(LazyReport("remove", 10, {}, built), "remove")
+    p.handle(LazyReport("add", 11, {}, built, ID_SERIAL="changed"), "add")
+    assert built == ["add", "add"]  # another input: a pass, on a record
+    stamps.bump()  # an ancestor's uevent: the chain must be looked up, on the record
+    p.handle(LazyReport("remove", 12, {}, built), "remove")
+    p.handle(LazyReport("add", 13, {}, built, ID_SERIAL="changed"), "add")
+    assert built == ["add", "add", "add"] and p.recall.hits == 4
+    assert health(p) == {"0403-6001-A1-if00": "Healthy"}
+
+
+def test_a_report_whose_pass_read_an_attribute_is_read_again():
+    built: list[str] = []
+    p = Pipeline(ruleset(), Inventory())
+    kw = {"DEVPATH": "/devices/platform/serial8250/tty/ttyS4"}
+    first = LazyReport("add", 1, {"type": "4", "line": "4"}, built)
+    first.properties.update(kw)
+    first.devpath, first.syspath = kw["DEVPATH"], "/sys" + kw["DEVPATH"]
+    p.handle(first, "add")
+    again = LazyReport("add", 2, {"type": "4", "line": "4"}, built)
+    again.properties.update(kw)
+    again.devpath, again.syspath = first.devpath, first.syspath
+    p.handle(again, "add")
+    assert built == ["add", "add"], "the recall re-reads ATTR{type} and ATTR{line} through the record"
+    assert p.recall is not None and p.recall.hits == 1

@@ -15,7 +15,7 @@ from devplug.core.claims import Pipeline
 from devplug.sources.rulefiles import read_rules as load_rules
 from devplug.ops.telemetry import Telemetry
 from devplug.sources.fs import path_mode
-from devplug.sources.udev import DeviceEvent, Resync, UdevSource, find_device
+from devplug.sources.udev import DeviceEvent, Uevent, Resync, UdevSource, find_device
 
 from .conftest import curl
 
@@ -56,11 +56,10 @@ async def test_events_inventory_and_explain_from_real_uevents(tmp_path, rules_fi
     async def consume() -> None:
         # What daemon.Daemon._consume does, plus the telemetry hook.
         async for item in source.events():
-            if isinstance(item, DeviceEvent):
-                d = item.device
-                change = pipeline.handle(d, item.action)
-                telemetry.on_event(item.action, d.subsystem, d.devpath, item.seqnum, item.received_ns, change)
-                if d.sysname == f"tty{N}" and item.action == "remove":
+            if isinstance(item, (DeviceEvent, Uevent)):
+                change = pipeline.handle(item.device if isinstance(item, DeviceEvent) else item, item.action)
+                telemetry.on_event(item.action, item.subsystem, item.devpath, item.seqnum, item.received_ns, change)
+                if item.devpath.endswith(f"/tty{N}") and item.action == "remove":
                     seen_remove.set()
             elif isinstance(item, Resync):
                 telemetry.on_resync(item.reason, pipeline.resync(item.devices))

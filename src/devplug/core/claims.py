@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Optional
 
 from . import identity
-from .device import Device, PathMode
+from .device import Device, PathMode, Report
 from .inventory import HOSTPATH_PREFIX, Change, Inventory, Refusal, Sighting
 from .recall import ChainStamp, Recall, Touch, no_stamp, watching
 from .rules import Claim, RuleSet
@@ -103,24 +103,28 @@ class Pipeline:
             self.recall.ignore_seqnum = not ruleset.mentions("SEQNUM")
 
     # ---- udev devices ---------------------------------------------------------------
-    def sight(self, device: Device, action: str = "add", *, recall: bool = True) -> Sighting:
+    def sight(self, report: Report, action: str = "add", *, recall: bool = True) -> Sighting:
         """What one uevent says of a device: its last sighting when none of the inputs
-        changed (:mod:`.recall`), else a fresh pass over the rules and the identity.
+        changed (:mod:`.recall`), else a fresh pass over the rules and the identity. A
+        :class:`~.device.Report` builds its record only for a pass (or an input the recall
+        must read); a :class:`~.device.Device` is its own report.
 
         ``recall=False`` (enumerations, which run in a worker thread) neither uses nor
         feeds what is remembered: that stays with the event path's thread."""
         if action in ABSENT_ACTIONS:
-            return Sighting(key=device.syspath, present=False)
+            return Sighting(key=report.syspath, present=False)
         memo = self.recall if recall else None
         if memo is None:
+            device = report.device
             return self._checked(device, self._sight(device, action, self._plain_host))
-        hit = memo.recall(device, action)  # inputs of a pass that was checked: no check again
+        hit = memo.recall(report, action)  # inputs of a pass that was checked: no check again
         if hit is not None:
             return hit
+        device = report.device
         self._touch.hit = False
         sighting = self._checked(device, self._sight(device, action, self._host))
         if sighting.present and not self._touch.hit:
-            memo.remember(device, action, sighting)
+            memo.remember(report, action, sighting)
         return sighting
 
     def _checked(self, device: Device, sighting: Sighting) -> Sighting:
@@ -156,13 +160,16 @@ class Pipeline:
             topology=identity.topology(device, usb[0]),
         )
 
-    def handle(self, device: Device, action: str) -> Change:
+    def handle(self, report: Report, action: str) -> Change:
         """One uevent (not logged here: see :meth:`log_change`). ``move`` is the old path
-        leaving and the new one arriving."""
-        if action == "move" and device.properties.get("DEVPATH_OLD"):
+        leaving and the new one arriving; a device that left is :meth:`gone`."""
+        if action in ABSENT_ACTIONS:
+            return self.inventory.gone(report.syspath)
+        if action == "move" and report.properties.get("DEVPATH_OLD"):
+            device = report.device
             old = Sighting(key=device.sys_root + device.properties["DEVPATH_OLD"], present=False)
             return self.inventory.apply(old, self.sight(device, "add"))
-        return self.inventory.apply(self.sight(device, action))
+        return self.inventory.apply(self.sight(report, action))
 
     def sight_all(self, devices: Iterable[Device]) -> list[Sighting]:
         """The sightings of a full enumeration. Not remembered: an enumeration's records

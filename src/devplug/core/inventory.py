@@ -124,6 +124,16 @@ class Inventory:
             self._apply(sighting, u)
         return self._finish(u)
 
+    def gone(self, key: str) -> Change:
+        """A device left (its ``remove`` or ``unbind``): ``apply(Sighting(key=key,
+        present=False))`` without the sighting, for the path every unplug takes."""
+        u = _Update()
+        self._refused.pop(key, None)
+        bound = self._release(key)
+        if bound is not None:
+            self._mark_unhealthy(bound, u)
+        return self._finish(u)
+
     def resync(self, sightings: Iterable[Sighting], *, hostpath: bool = False) -> Change:
         """Reconcile with a full enumeration: what is bound but not seen now is gone.
 

@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 import attrs
 
-from .device import Device
+from .device import Device, Report
 from .inventory import Sighting
 from .rules.evaluation import POST_RULES_PROPERTIES
 from .rules.host import NO_HOST, Host
@@ -59,12 +59,12 @@ def attrs_read(device: Device) -> Optional[dict[str, Optional[str]]]:
     return getattr(device.read_attr, "values", None)
 
 
-#: The source's stamp for a device's parent chain: equal stamps at two moments mean no
-#: ancestor was added, removed or moved in between; None when it cannot tell.
-ChainStamp = Callable[[Device], Optional[int]]
+#: The source's stamp for a device's parent chain (by its ``devpath``): equal stamps at two
+#: moments mean no ancestor was added, removed or moved in between; None when it cannot tell.
+ChainStamp = Callable[[Report], Optional[int]]
 
 
-def no_stamp(device: Device) -> Optional[int]:
+def no_stamp(report: Report) -> Optional[int]:
     return None
 
 
@@ -95,47 +95,52 @@ class Recall:
     def clear(self) -> None:
         self._memo.clear()
 
-    def recall(self, device: Device, action: str) -> Optional[Sighting]:
-        """The sighting of this device's last pass, if every input is still the same."""
-        key = device.syspath
+    def recall(self, report: Report, action: str) -> Optional[Sighting]:
+        """The sighting of this device's last pass, if every input is still the same. The
+        report's record is built only for an input that needs it (the driver, a parent
+        chain no stamp vouches for, an attribute the pass read)."""
+        key = report.syspath
         m = self._memo.get(key)
         if m is None:
             return None
-        props = device.properties
+        props = report.properties
         stored = m.props  # a private copy: the values rules cannot see are made equal
         for name in self._ignored:
             if name in props and name in stored:
                 stored[name] = props[name]
-        if m.action != action or stored != props or (m.driver is not _UNASKED and m.driver != device.driver):
+        if m.action != action or stored != props or (m.driver is not _UNASKED and m.driver != report.device.driver):
             return None
         if m.parent is not _UNASKED:
-            chain = self.chain(device)
+            chain = self.chain(report)
             if chain is None or chain != m.chain:
-                if device.parent is not m.parent:
+                if report.device.parent is not m.parent:
                     return None
                 m.chain = chain  # looked up now: vouched for until an ancestor's next uevent
-        read = device.read_attr
-        for name, value in m.sysattrs:
-            if read(name) != value:
-                return None
+        if m.sysattrs:
+            read = report.device.read_attr
+            for name, value in m.sysattrs:
+                if read(name) != value:
+                    return None
         del self._memo[key]
         self._memo[key] = m  # most recently seen last
         self.hits += 1
         return m.sighting
 
-    def remember(self, device: Device, action: str, sighting: Sighting) -> None:
-        """Keep a fresh sighting whose pass read only the record (see :func:`watching`)."""
+    def remember(self, report: Report, action: str, sighting: Sighting) -> None:
+        """Keep a fresh sighting whose pass read only the record (see :func:`watching`).
+        The properties kept are the report's own (as its event said them)."""
+        device = report.device
         values = attrs_read(device)
         if values is None:
             return
-        key = device.syspath
+        key = report.syspath
         self._memo.pop(key, None)
         # What the pass never asked for, its answer did not depend on.
         driver = device.driver if device.driver_known else _UNASKED
         parent = device.parent if device.parent_known else _UNASKED
-        self._memo[key] = _Memo(action, dict(device.properties), driver, parent,
+        self._memo[key] = _Memo(action, dict(report.properties), driver, parent,
                                 tuple(values.items()), sighting,
-                                self.chain(device) if parent is not _UNASKED else None)
+                                self.chain(report) if parent is not _UNASKED else None)
         while len(self._memo) > self.limit:
             del self._memo[next(iter(self._memo))]
 

@@ -19,7 +19,7 @@ import trio
 
 from ..config import Config
 from ..core.claims import Pipeline
-from ..core.device import Device, PathMode
+from ..core.device import Device, PathMode, Report
 from ..core.inventory import Change, Inventory
 from ..core.view import PublishedView
 from ..core.rules import RulesError, RuleSet
@@ -31,7 +31,7 @@ from ..ops import debug
 from ..ops.cdi import CdiPublisher, CdiWriter
 from ..ops.telemetry import Telemetry
 from ..sources import hostpath, rulefiles, system
-from ..sources.udev import DeviceEvent, Drained, Resync, SourceItem, UdevSource, find_device, resolve_source
+from ..sources.udev import DeviceEvent, Drained, Resync, SourceItem, UdevSource, Uevent, find_device, resolve_source
 
 log = logging.getLogger("devplug")
 
@@ -98,10 +98,10 @@ class Daemon:
         present = getattr(self.source, "present", None)
         return present(device) if present is not None else True
 
-    def _chain_stamp(self, device: Device) -> Optional[int]:
+    def _chain_stamp(self, report: Report) -> Optional[int]:
         """The source's stamp for the device's parent chain (None: it cannot vouch)."""
         stamp = getattr(self.source, "chain_stamp", None)
-        return stamp(device) if stamp is not None else None
+        return stamp(report) if stamp is not None else None
 
     def _udev_source(self, subsystems: Optional[frozenset[str]], kind: str) -> Source:
         return UdevSource(source=kind, subsystems=subsystems, receive_buffer=self.config.netlink_buffer)
@@ -226,11 +226,13 @@ class Daemon:
         drained; only then is the batch logged and counted (off the path from uevent to
         kubelet)."""
         assert self.source is not None
-        done: list[tuple[DeviceEvent, Change]] = []
+        done: list[tuple[DeviceEvent | Uevent, Change]] = []
         async for item in self.source.events():
-            if isinstance(item, DeviceEvent):
+            kind = type(item)
+            if kind is Uevent or kind is DeviceEvent:
                 built = perf_counter_ns()
-                change = self.pipeline.handle(item.device, item.action)
+                # A Uevent builds its record only if the pipeline asks (see ``Uevent``).
+                change = self.pipeline.handle(item if kind is Uevent else item.device, item.action)
                 handled = perf_counter_ns()
                 if change.resources:  # before publish: the streams send (and report it) inside publish
                     self.telemetry.mark(change, item.received_ns, built, handled)
@@ -249,14 +251,14 @@ class Daemon:
                     self.telemetry.on_overflow()
                 await self._resync(item.reason, item.devices)
 
-    def _account(self, done: list[tuple[DeviceEvent, Change]]) -> None:
+    def _account(self, done: list[tuple[DeviceEvent | Uevent, Change]]) -> None:
         for item, change in done:
-            d = item.device
             if change:
                 self._log_change(change, item.action if item.origin == "uevent" else f"{item.action} ({item.origin})",
-                                 d.syspath)
+                                 item.syspath)
             if item.origin == "uevent":
-                self.telemetry.on_event(item.action, d.subsystem, d.devpath, item.seqnum, item.received_ns, change)
+                self.telemetry.on_event(item.action, item.subsystem, item.devpath, item.seqnum, item.received_ns,
+                                        change)
 
     def _log_change(self, change: Change, action: str, syspath: str) -> None:
         """One line per ID whose state changed (logged after kubelet was told)."""

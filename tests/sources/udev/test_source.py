@@ -11,12 +11,12 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from devplug.sources.udev import DeviceEvent, Resync, UdevSource, resolve_source, udevd_reachable
+from devplug.sources.udev import DeviceEvent, Uevent, Resync, UdevSource, resolve_source, udevd_reachable
 from realdev import tty_uevent, zram_device, zram_remove  # tests/udev, put on sys.path by conftest
 
 pytestmark = [pytest.mark.netlink, pytest.mark.udevd]
 
-Item = DeviceEvent | Resync
+Item = DeviceEvent | Uevent | Resync
 
 
 def collect(src: UdevSource, want: Callable[[Item], bool], count: int, *,
@@ -43,7 +43,7 @@ def collect(src: UdevSource, want: Callable[[Item], bool], count: int, *,
 
 
 def is_event(sysname: str) -> Callable[[Item], bool]:
-    return lambda item: isinstance(item, DeviceEvent) and item.device.sysname == sysname
+    return lambda item: isinstance(item, (DeviceEvent, Uevent)) and item.device.sysname == sysname
 
 
 @pytest.fixture(params=["udev", "kernel"])
@@ -76,6 +76,13 @@ def test_change_remove_add_arrive_in_order(source):
     finally:
         tty_uevent(21, "add")
     assert [e.action for e in events] == ["change", "remove", "add"]
+    # A record is built only when asked (here), unless udev's database had to be read into
+    # it (the kernel source, udevd running): a device that left never reads it.
+    db = source.source_kind == "kernel"
+    assert [type(e) for e in events] == [DeviceEvent if db else Uevent, Uevent, DeviceEvent if db else Uevent]
+    for e in events:
+        assert e.syspath == "/sys/devices/virtual/tty/tty21" and e.subsystem == "tty"
+        assert e.devpath == "/devices/virtual/tty/tty21"
     seqnums = [e.seqnum for e in events]
     assert all(isinstance(s, int) for s in seqnums) and seqnums == sorted(seqnums)
     assert all(start < e.received_ns <= time.perf_counter_ns() for e in events)
@@ -118,7 +125,7 @@ def test_block_device_hot_add_and_remove(kind, udevd, netlink):
             assert got[0].device.read_attr("disksize") == "0"
             zram_remove(name)
 
-        add, remove = collect(src, lambda i: isinstance(i, DeviceEvent)
+        add, remove = collect(src, lambda i: isinstance(i, (DeviceEvent, Uevent))
                               and i.device.sysname.startswith("zram")
                               and i.action in ("add", "remove"), 2, then=unplug)
     assert (add.action, remove.action) == ("add", "remove")
@@ -150,7 +157,7 @@ def test_every_subsystems_messages_move_the_chain_stamps_below_them(kind, udevd,
         with zram_device():  # then one that is: read after it
 
             def zram_added(i: Item) -> bool:
-                return isinstance(i, DeviceEvent) and i.device.sysname.startswith("zram") and i.action == "add"
+                return isinstance(i, (DeviceEvent, Uevent)) and i.device.sysname.startswith("zram") and i.action == "add"
 
             collect(src, zram_added, 1)
         assert src.chain_stamp(below) > before[0]
@@ -185,7 +192,7 @@ def test_overflow_is_counted_and_resynced(kind, udevd, netlink):
     assert isinstance(resync, Resync) and resync.reason == "overflow"
     assert src.overflows >= 1
     assert "tty27" in {d.sysname for d in resync.devices}
-    assert isinstance(event, DeviceEvent) and event.action == "change"
+    assert isinstance(event, (DeviceEvent, Uevent)) and event.action == "change"
 
 
 def test_large_receive_buffer_is_granted(udevd, netlink):
@@ -261,7 +268,7 @@ def test_kernel_source_repeats_an_event_once_udevd_writes_the_database(netlink, 
                 os.rename(tmp, db_dir / "c4:20")
 
         def wanted(item: Item) -> bool:
-            return isinstance(item, DeviceEvent) and item.device.sysname == "tty20"
+            return isinstance(item, (DeviceEvent, Uevent)) and item.device.sysname == "tty20"
 
         async def poke_then_collect() -> list[Item]:
             got: list[Item] = []

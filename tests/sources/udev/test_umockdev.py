@@ -26,7 +26,7 @@ SRC = str(Path(__file__).resolve().parents[3] / "src")
 
 WATCHER = r"""
 import json, os, sys, trio
-from devplug.sources.udev import DeviceEvent, UdevSource
+from devplug.sources.udev import DeviceEvent, Uevent, UdevSource
 
 def describe(action, d):
     usb = d.find_parent("usb", "usb_device")
@@ -46,7 +46,7 @@ async def main():
     src.open()
     print(json.dumps({"ready": [d.devpath for d in src.enumerate()]}), flush=True)
     async for item in src.events():
-        if isinstance(item, DeviceEvent):
+        if isinstance(item, (DeviceEvent, Uevent)):
             print(json.dumps(describe(item.action, item.device)), flush=True)
 
 trio.run(main)

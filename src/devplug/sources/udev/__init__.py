@@ -5,7 +5,8 @@
   matches, from uevents (``device_from_uevent``) and from libudev (``device_from_pyudev``).
 * ``db``: udevd's database, for the kernel source.
 * ``lookup``: a device by ``/sys`` path, devpath or ``/dev`` node, for people.
-* :class:`UdevSource` (``source``) turns uevents into :class:`DeviceEvent` and
+* :class:`UdevSource` (``source``) turns uevents into :class:`Uevent` (its record built
+  when asked), :class:`DeviceEvent` (a record, for what udev's database adds) and
   :class:`Resync` items inside trio; see its module for what each source can see.
 * ``choice``: which source ``auto`` means on this node (is a reachable udevd running).
 * ``ancestry``: which device paths the messages read so far named (the recall's chain
@@ -15,7 +16,7 @@
 from .lookup import DeviceNotFound, find_device, sysattr_names
 from .records import device_from_pyudev, list_devices, read_sysattr, sysattr_reader
 from .choice import resolve_source, udevd_reachable
-from .source import Drained, DeviceEvent, Resync, SourceItem, UdevSource
+from .source import Drained, DeviceEvent, Resync, SourceItem, UdevSource, Uevent
 
 __all__ = [
     "DeviceEvent",
@@ -24,6 +25,7 @@ __all__ = [
     "Resync",
     "SourceItem",
     "UdevSource",
+    "Uevent",
     "device_from_pyudev",
     "find_device",
     "list_devices",

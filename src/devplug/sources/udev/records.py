@@ -309,7 +309,7 @@ def device_from_pyudev(
     )
 
 
-def device_from_uevent(props: dict[str, str], *, context: pyudev.Context, sys_root: str = "/sys",
+def device_from_uevent(props: dict[str, str], *, context: Optional[pyudev.Context] = None, sys_root: str = "/sys",
                        parent_cache: Optional[ParentCache] = None, gone: bool = False) -> Device:
     """The :class:`Device` record of one uevent's properties (``netlink.parse``).
 
@@ -317,8 +317,14 @@ def device_from_uevent(props: dict[str, str], *, context: pyudev.Context, sys_ro
     driver are looked up only when a rule or the identity asks for them (in the same pass
     over the rules, so sysfs is read as it is then). Attribute reads stay lazy as for every
     record. ``gone`` (a remove or unbind, whose event only turns IDs Unhealthy and never
-    runs the rules) reads nothing: no driver link, no attributes, no parent.
+    runs the rules) reads nothing: no driver link, no attributes, no parent (and needs no
+    ``context``, which only the parent lookup uses).
     """
+    load_parent: Optional[Callable[[], Optional[Device]]] = None
+    if not gone:
+        if context is None:
+            raise ValueError("device_from_uevent needs a pyudev context unless the device is gone")
+        load_parent = _parent_loader(props["DEVPATH"], sys_root, context, parent_cache)
     _sorted_list_properties(props)
     devpath = props["DEVPATH"]
     syspath = sys_root + devpath
@@ -342,7 +348,7 @@ def device_from_uevent(props: dict[str, str], *, context: pyudev.Context, sys_ro
         tags=_tags(props),
         read_attr=no_attrs if gone else SysAttrs(syspath),
         sys_root=sys_root,
-        load_parent=None if gone else _parent_loader(devpath, sys_root, context, parent_cache),
+        load_parent=load_parent,
     )
 
 

@@ -44,14 +44,14 @@ import os
 import select
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Optional, Union
+from typing import ClassVar, Optional, Union
 
 import attrs
 import pyudev
 import trio
 
 from ...config import NETLINK_BUFFER, UDEV_DB_RECHECK
-from ...core.device import Device
+from ...core.device import Device, Report
 from ...lib.logs import kv
 from . import db
 from .ancestry import Ancestry
@@ -84,6 +84,58 @@ class DeviceEvent:
     origin: str = "uevent"
 
 
+    @property
+    def syspath(self) -> str:
+        return self.device.syspath
+
+    @property
+    def subsystem(self) -> Optional[str]:
+        return self.device.subsystem
+
+    @property
+    def devpath(self) -> str:
+        return self.device.devpath
+
+
+@attrs.define(slots=True)
+class Uevent:
+    """One uevent as it was read: what it says, with the device's record built only when
+    asked (a :class:`~devplug.core.device.Report`).
+
+    A device that left (``remove``, ``unbind``) needs no record: its key says which IDs
+    turn Unhealthy. Nor does one whose inputs are those of its last pass (``core.recall``:
+    a replug, a ``change`` that changed nothing the rules read). Building the record was
+    ~40 µs of each event on a CPU that just woke; now only a rules pass, an input the
+    recall must read, or the logs (after kubelet was told) build it. Written once, like
+    :class:`DeviceEvent`.
+    """
+
+    action: str
+    syspath: str  # the inventory's key: ``sys_root`` + ``DEVPATH``
+    properties: dict[str, str]  # as ``netlink.parse`` gave them; the record gets a copy
+    seqnum: Optional[int]
+    received_ns: int  # time.perf_counter_ns() right after the message was received
+    _build: Callable[[dict[str, str], str], Device]  # (properties, action) -> record
+    _device: Optional[Device] = None
+
+    origin: ClassVar[str] = "uevent"
+
+    @property
+    def device(self) -> Device:
+        if self._device is None:
+            object.__setattr__(self, "_device", self._build(dict(self.properties), self.action))
+        assert self._device is not None
+        return self._device
+
+    @property
+    def subsystem(self) -> Optional[str]:
+        return self.properties.get("SUBSYSTEM")
+
+    @property
+    def devpath(self) -> str:
+        return self.properties["DEVPATH"]
+
+
 @attrs.frozen
 class Drained:
     """Every queued message was read: the consumer may let others run now (its streams
@@ -98,7 +150,7 @@ class Resync:
     reason: str  # "coldplug" or "overflow"
 
 
-SourceItem = Union[DeviceEvent, Resync, Drained]
+SourceItem = Union[DeviceEvent, Uevent, Resync, Drained]
 
 
 class UdevSource:
@@ -221,11 +273,16 @@ class UdevSource:
             return db.enrich(record, entry), entry.stamp if entry is not None else None
         return record, None
 
+    def _build(self, props: dict[str, str], action: str) -> Device:
+        """A :class:`Uevent`'s record, when first asked for (on the event path's thread)."""
+        return device_from_uevent(props, context=self.context, sys_root=self.sys_root,
+                                  parent_cache=self._parent_cache, gone=action in _ABSENT)
+
     def present(self, device: Device) -> bool:
         """Whether the device is in sysfs now."""
         return is_device(device.syspath)
 
-    def chain_stamp(self, device: Device) -> int:
+    def chain_stamp(self, device: Report) -> int:
         """Equal for two of the device's events when no message read in between named one
         of its ancestors: its parent chain is the same (see ``ancestry``)."""
         return self._ancestry.stamp(device.devpath)
@@ -256,6 +313,9 @@ class UdevSource:
         sock = self._require()
         fd = self._poll.fileno() if self._poll is not None else sock.fileno()
         wanted = self.subsystems
+        sys_root = self.sys_root
+        kernel = self.source_kind == "kernel"
+        build = self._build
         watch = self._dbwatch
         ancestry = self._ancestry
         drained = Drained()
@@ -297,17 +357,28 @@ class UdevSource:
                 devpath, moved = props["DEVPATH"], props.get("DEVPATH_OLD")
                 if wanted is None or props.get("SUBSYSTEM") in wanted:
                     action = props.get("ACTION") or "change"
-                    try:
-                        record, stamp = self._record(dict(props) if watch is not None else props, action)
-                    except OSError as exc:
-                        log.debug("dropping event for a device we cannot read", extra=kv(error=str(exc)))
-                    else:
-                        if watch is not None:
-                            watch.seen(action, record, props, action not in _ABSENT, stamp)
+                    seqnum = props.get("SEQNUM")
+                    seq = int(seqnum) if seqnum and seqnum.isdigit() else None
+                    if action in _ABSENT or not kernel or not self._db_readable():
+                        # Nothing read from the database: the record waits until asked for.
+                        event = Uevent(action, sys_root + devpath, props, seq, received, build)
                         yielded = True
-                        seqnum = props.get("SEQNUM")
-                        yield DeviceEvent(action, record, int(seqnum) if seqnum and seqnum.isdigit() else None,
-                                          received)
+                        yield event
+                        # Handled (kubelet was told): a path is not its own ancestor, so its
+                        # own pass had no use for a cached record of it.
+                        self._parent_cache.forget(event.syspath)
+                        if watch is not None:
+                            watch.seen(action, event.device, props, action not in _ABSENT)
+                    else:
+                        try:
+                            record, stamp = self._record(dict(props) if watch is not None else props, action)
+                        except OSError as exc:
+                            log.debug("dropping event for a device we cannot read", extra=kv(error=str(exc)))
+                        else:
+                            if watch is not None:
+                                watch.seen(action, record, props, True, stamp)
+                            yielded = True
+                            yield DeviceEvent(action, record, seq, received)
                 ancestry.note(devpath)
                 if moved:
                     ancestry.note(moved)
