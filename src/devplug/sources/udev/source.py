@@ -70,11 +70,14 @@ _DISCARD_LIMIT = 100_000
 
 @attrs.define(slots=True)
 class DeviceEvent:
-    """One uevent: ``action`` is add/remove/change/bind/unbind/move/online/offline.
+    """One uevent with its record built at once: ``action`` is add/change/bind/move/
+    online/offline (a device that left is a :class:`Uevent`).
 
-    ``origin`` is ``"uevent"``, or ``"udev-db"`` for the kernel source's repeat of a
-    device's last event once udevd wrote its database entry (see ``dbwatch``). Written
-    once, not frozen, like the other per-event records (``core.entries``).
+    The kernel source reports a present device this way while udev's database is there to
+    read into the record (else as a :class:`Uevent`). ``origin`` is ``"uevent"``, or
+    ``"udev-db"`` for its repeat of a device's last event once udevd wrote its database
+    entry (see ``dbwatch``). Written once, not frozen, like the other per-event records
+    (``core.entries``).
     """
 
     action: str
@@ -82,7 +85,6 @@ class DeviceEvent:
     seqnum: Optional[int]
     received_ns: int  # time.perf_counter_ns() right after the message was received
     origin: str = "uevent"
-
 
     @property
     def syspath(self) -> str:
