@@ -94,6 +94,24 @@ def test_change_remove_add_arrive_in_order(source):
         assert e.device.read_attr("dev") == (None if e.action == "remove" else "4:21")
 
 
+def test_kernel_source_without_udevs_database_builds_records_only_when_asked(netlink, tmp_path):
+    """A node without ``/run/udev`` (a pod without it mounted): every event is a ``Uevent``,
+    and the record it builds when asked is what the event says, with sysfs read lazily."""
+    src = UdevSource(source="kernel", subsystems=frozenset({"tty"}), db_dir=str(tmp_path / "no-udev"))
+    src.open()
+    try:
+        tty_uevent(25, "change")
+        (event,) = collect(src, lambda i: isinstance(i, Uevent) and i.devpath.endswith("/tty25"), 1)
+    finally:
+        src.close()
+    assert event.action == "change" and event.properties["DEVNAME"] == "tty25"  # as the kernel said it
+    record = event.device
+    assert record.syspath == event.syspath == "/sys/devices/virtual/tty/tty25"
+    assert (record.sysname, record.subsystem, record.devnode) == ("tty25", "tty", "/dev/tty25")
+    assert record.read_attr("dev") == "4:25"  # read from sysfs when asked
+    assert event.properties["DEVNAME"] == "tty25"  # the record normalised its own copy
+
+
 def test_udev_source_events_carry_udevs_properties(udevd, netlink):
     src = UdevSource(source="udev", subsystems=frozenset({"tty"}))
     src.open()
