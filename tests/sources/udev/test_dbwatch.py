@@ -42,3 +42,40 @@ def test_a_write_the_event_already_read_is_not_repeated_a_later_one_is(tmp_path)
         assert list(watch.changed()) == []
     finally:
         watch.close()
+
+
+def test_a_file_is_read_again_only_after_udevd_wrote_it_or_its_device_left(tmp_path):
+    watch = DbWatch(str(tmp_path))
+    watch.open()
+    try:
+        assert watch.entry("c188:0") is None and watch.reads == 1  # no file yet: that is kept too
+        assert watch.entry("c188:0") is None and watch.reads == 1
+        udevd_writes(tmp_path, "c188:0", DB)
+        list(watch.changed())  # inotify: written
+        first = watch.entry("c188:0")
+        assert first is not None and first.properties["ID_VENDOR_ID"] == "0403" and watch.reads == 2
+        for _ in range(3):  # the device's next events read no file
+            assert watch.entry("c188:0") is first
+        assert watch.reads == 2
+        udevd_writes(tmp_path, "c188:0", DB + "E:NEW=1\n")
+        list(watch.changed())
+        again = watch.entry("c188:0")
+        assert again is not None and again.properties["NEW"] == "1" and watch.reads == 3
+        # Its device left: udevd deletes the file, which inotify does not report here; another
+        # device under the same name must not be read as this one.
+        watch.seen_name("c188:0", "remove", {}, False)
+        (tmp_path / "c188:0").unlink()
+        assert watch.entry("c188:0") is None and watch.reads == 4
+    finally:
+        watch.close()
+
+
+def test_what_is_kept_is_bounded(tmp_path):
+    watch = DbWatch(str(tmp_path), limit=8)
+    watch.open()
+    try:
+        for n in range(100):  # a gadget replugging under new names
+            watch.entry(f"c188:{n}")
+        assert len(watch._entries) == 8
+    finally:
+        watch.close()

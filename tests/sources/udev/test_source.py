@@ -76,10 +76,9 @@ def test_change_remove_add_arrive_in_order(source):
     finally:
         tty_uevent(21, "add")
     assert [e.action for e in events] == ["change", "remove", "add"]
-    # A record is built only when asked (here), unless udev's database had to be read into
-    # it (the kernel source, udevd running): a device that left never reads it.
-    db = source.source_kind == "kernel"
-    assert [type(e) for e in events] == [DeviceEvent if db else Uevent, Uevent, DeviceEvent if db else Uevent]
+    # A record is built only when asked (here), from both sources (the kernel source merges
+    # what udev's database adds into the event's properties, and into the record).
+    assert [type(e) for e in events] == [Uevent, Uevent, Uevent]
     for e in events:
         assert e.syspath == "/sys/devices/virtual/tty/tty21" and e.subsystem == "tty"
         assert e.devpath == "/devices/virtual/tty/tty21"
@@ -312,6 +311,38 @@ def test_kernel_source_repeats_an_event_once_udevd_writes_the_database(netlink, 
     assert again.device.symlinks == ("/dev/serial/by-id/usb-devplug-test",)
     assert again.device.properties["ID_SERIAL"] == "devplug-test"
     assert again.device.properties["SUBSYSTEM"] == "tty" and again.device.devnode == "/dev/tty20"
+    # What the recall compares carries the entry too, as the event said it.
+    assert isinstance(again, Uevent) and again.properties["ID_SERIAL"] == "devplug-test"
+    assert again.properties["DEVLINKS"] == "/dev/serial/by-id/usb-devplug-test"
+
+
+def test_kernel_source_reads_a_database_file_only_after_udevd_wrote_it(netlink, tmp_path):
+    """The watch keeps each entry as last read: the device's next events read no file, and
+    merge the same entry, into the record as ``_record`` merges a file it reads."""
+    db_dir = tmp_path / "data"
+    db_dir.mkdir()
+    (db_dir / "c4:24").write_text("S:devplug-kept\nE:ID_SERIAL=kept\nG:seat\nQ:seat\nV:1\n")
+    src = UdevSource(source="kernel", subsystems=frozenset({"tty"}), db_dir=str(db_dir))
+    src.open()
+    try:
+        assert src._dbwatch is not None
+        for action in ("change", "change", "change"):
+            tty_uevent(24, action)
+        events = collect(src, is_event("tty24"), 3)
+        reads = src._dbwatch.reads
+        said = {k: v for k, v in events[0].properties.items()  # what the kernel said
+                if k not in ("ID_SERIAL", "DEVLINKS", "TAGS", "CURRENT_TAGS")}
+        record, stamp = src._record(said, "change")  # reads the file and merges it at once
+    finally:
+        src.close()
+    assert reads == 1, "one read for three events: udevd wrote nothing in between"
+    for e in events:
+        assert isinstance(e, Uevent) and e.properties["ID_SERIAL"] == "kept"
+        lazy = e.device
+        assert (lazy.symlinks, lazy.tags) == (record.symlinks, record.tags) == (("/dev/devplug-kept",), {"seat"})
+        assert {k: v for k, v in lazy.properties.items() if k != "SEQNUM"} == \
+            {k: v for k, v in record.properties.items() if k != "SEQNUM"}
+    assert stamp is not None
 
 
 def test_kernel_source_reads_a_database_that_appears_later(netlink, tmp_path):

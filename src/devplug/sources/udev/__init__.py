@@ -16,7 +16,8 @@
 from .lookup import DeviceNotFound, find_device, sysattr_names
 from .records import device_from_pyudev, list_devices, read_sysattr, sysattr_reader
 from .choice import resolve_source, udevd_reachable
-from .source import Drained, DeviceEvent, Resync, SourceItem, UdevSource, Uevent
+from .items import DeviceEvent, Drained, Resync, SourceItem, Uevent
+from .source import UdevSource
 
 __all__ = [
     "DeviceEvent",

@@ -10,6 +10,7 @@ symlinks, ``E:`` properties, ``G:``/``Q:`` tags. The file is named after the dev
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from typing import Optional
 
 import attrs
@@ -37,18 +38,23 @@ class DbEntry:
 
 def db_id(device: Device) -> Optional[str]:
     """The database file name udev uses for ``device``, or ``None`` when it has no subsystem."""
-    props = device.properties
+    return db_name(device.subsystem, device.devpath, device.properties)
+
+
+def db_name(subsystem: Optional[str], devpath: str, props: Mapping[str, str]) -> Optional[str]:
+    """:func:`db_id` from what a uevent says (its ``SUBSYSTEM``, ``DEVPATH`` and properties)."""
     major, minor = props.get("MAJOR"), props.get("MINOR")
     if major is not None and minor is not None:
-        return f"{'b' if device.subsystem == 'block' else 'c'}{major}:{minor}"
+        return f"{'b' if subsystem == 'block' else 'c'}{major}:{minor}"
     ifindex = props.get("IFINDEX")
-    if device.subsystem == "net" and ifindex and ifindex != "0":
+    if subsystem == "net" and ifindex and ifindex != "0":
         return f"n{ifindex}"
-    if device.subsystem is None:
+    if subsystem is None:
         return None
-    if device.subsystem == "drivers":  # /sys/bus/X/drivers/Y: udev names it by the bus
-        return f"+drivers:{device.devpath.split('/')[2]}:{device.sysname}"
-    return f"+{device.subsystem}:{device.sysname}"
+    sysname = devpath.rpartition("/")[2].replace("!", "/")
+    if subsystem == "drivers":  # /sys/bus/X/drivers/Y: udev names it by the bus
+        return f"+drivers:{devpath.split('/')[2]}:{sysname}"
+    return f"+{subsystem}:{sysname}"
 
 
 def parse_db(text: str) -> DbEntry:
@@ -83,8 +89,11 @@ def parse_db(text: str) -> DbEntry:
 def read_db(device: Device, db_dir: str = DEFAULT_DB_DIR) -> Optional[DbEntry]:
     """The database entry for ``device``, or ``None`` (no file, not readable)."""
     name = db_id(device)
-    if name is None:
-        return None
+    return None if name is None else read_db_file(name, db_dir)
+
+
+def read_db_file(name: str, db_dir: str = DEFAULT_DB_DIR) -> Optional[DbEntry]:
+    """The database entry in file ``name`` (see :func:`db_id`), or ``None``."""
     try:
         fd = os.open(f"{db_dir}/{name}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -120,17 +129,24 @@ def enrich(device: Device, entry: Optional[DbEntry]) -> Device:
     """
     if entry is None:
         return device
-    props = dict(entry.properties)
-    props.update(device.properties)
-    symlinks = tuple(sorted(set(device.symlinks) | set(entry.symlinks)))
-    if symlinks:
-        props["DEVLINKS"] = " ".join(symlinks)
-    all_tags = tuple(sorted(set(entry.tags) | set(entry.current_tags)))
-    if all_tags:
-        props["TAGS"] = _tag_string(all_tags)
-    if entry.current_tags:
-        props["CURRENT_TAGS"] = _tag_string(tuple(sorted(entry.current_tags)))
-    if entry.usec_initialized is not None:
-        props.setdefault("USEC_INITIALIZED", entry.usec_initialized)
+    props, symlinks = merged(device.properties, device.symlinks, entry)
     current = entry.current_tags if entry.version is not None else entry.tags
     return attrs.evolve(device, symlinks=symlinks, properties=props, tags=frozenset(current))
+
+
+def merged(props: Mapping[str, str], symlinks: Iterable[str], entry: DbEntry) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The properties and symlinks of :func:`enrich`: of a record, or of a uevent as it
+    said them (``symlinks``: its ``DEVLINKS``), which is what the recall compares."""
+    out = dict(entry.properties)
+    out.update(props)
+    links = tuple(sorted(set(symlinks) | set(entry.symlinks)))
+    if links:
+        out["DEVLINKS"] = " ".join(links)
+    all_tags = tuple(sorted(set(entry.tags) | set(entry.current_tags)))
+    if all_tags:
+        out["TAGS"] = _tag_string(all_tags)
+    if entry.current_tags:
+        out["CURRENT_TAGS"] = _tag_string(tuple(sorted(entry.current_tags)))
+    if entry.usec_initialized is not None:
+        out.setdefault("USEC_INITIALIZED", entry.usec_initialized)
+    return out, links

@@ -39,14 +39,14 @@ are newer than that enumeration.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import select
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import ClassVar, Optional, Union
+from typing import Optional
 
-import attrs
 import pyudev
 import trio
 
@@ -57,6 +57,7 @@ from . import db
 from .ancestry import Ancestry
 from .choice import resolve_source
 from .dbwatch import DbWatch
+from .items import DeviceEvent, Drained, Resync, SourceItem, Uevent
 from .netlink import UeventSocket
 from .records import ParentCache, device_from_uevent, is_device, list_devices
 
@@ -66,93 +67,6 @@ log = logging.getLogger(__name__)
 _ABSENT = frozenset({"remove", "unbind"})
 #: After ENOBUFS, stop discarding queued messages after this many (a storm may not pause).
 _DISCARD_LIMIT = 100_000
-
-
-@attrs.define(slots=True)
-class DeviceEvent:
-    """One uevent with its record built at once: ``action`` is add/change/bind/move/
-    online/offline (a device that left is a :class:`Uevent`).
-
-    The kernel source reports a present device this way while udev's database is there to
-    read into the record (else as a :class:`Uevent`). ``origin`` is ``"uevent"``, or
-    ``"udev-db"`` for its repeat of a device's last event once udevd wrote its database
-    entry (see ``dbwatch``). Written once, not frozen, like the other per-event records
-    (``core.entries``).
-    """
-
-    action: str
-    device: Device
-    seqnum: Optional[int]
-    received_ns: int  # time.perf_counter_ns() right after the message was received
-    origin: str = "uevent"
-
-    @property
-    def syspath(self) -> str:
-        return self.device.syspath
-
-    @property
-    def subsystem(self) -> Optional[str]:
-        return self.device.subsystem
-
-    @property
-    def devpath(self) -> str:
-        return self.device.devpath
-
-
-@attrs.define(slots=True)
-class Uevent:
-    """One uevent as it was read: what it says, with the device's record built only when
-    asked (a :class:`~devplug.core.device.Report`).
-
-    A device that left (``remove``, ``unbind``) needs no record: its key says which IDs
-    turn Unhealthy. Nor does one whose inputs are those of its last pass (``core.recall``:
-    a replug, a ``change`` that changed nothing the rules read). Building the record was
-    ~40 µs of each event on a CPU that just woke; now only a rules pass, an input the
-    recall must read, or the logs (after kubelet was told) build it. Written once, like
-    :class:`DeviceEvent`.
-    """
-
-    action: str
-    syspath: str  # the inventory's key: ``sys_root`` + ``DEVPATH``
-    properties: dict[str, str]  # as ``netlink.parse`` gave them; the record gets a copy
-    seqnum: Optional[int]
-    received_ns: int  # time.perf_counter_ns() right after the message was received
-    _build: Callable[[dict[str, str], str], Device]  # (properties, action) -> record
-    _device: Optional[Device] = None
-
-    origin: ClassVar[str] = "uevent"
-
-    @property
-    def device(self) -> Device:
-        if self._device is None:
-            object.__setattr__(self, "_device", self._build(dict(self.properties), self.action))
-        assert self._device is not None
-        return self._device
-
-    @property
-    def subsystem(self) -> Optional[str]:
-        return self.properties.get("SUBSYSTEM")
-
-    @property
-    def devpath(self) -> str:
-        return self.properties["DEVPATH"]
-
-
-@attrs.frozen
-class Drained:
-    """Every queued message was read: the consumer may let others run now (its streams
-    write), then do what can wait (logs, counters) before the source waits again."""
-
-
-@attrs.frozen
-class Resync:
-    """The complete set of present devices; consumers reconcile their state to it."""
-
-    devices: tuple[Device, ...]
-    reason: str  # "coldplug" or "overflow"
-
-
-SourceItem = Union[DeviceEvent, Uevent, Resync, Drained]
 
 
 class UdevSource:
@@ -275,10 +189,33 @@ class UdevSource:
             return db.enrich(record, entry), entry.stamp if entry is not None else None
         return record, None
 
+    def _uevent(self, action: str, props: dict[str, str], seq: Optional[int], received: int,
+                origin: str = "uevent") -> tuple[Uevent, Optional[str], Optional[tuple[int, int]]]:
+        """The event's :class:`Uevent`, its database file name and the stamp of the content
+        merged in. The kernel source with a watch on udev's database merges the device's
+        entry into the properties the recall compares (read only if udevd wrote it since:
+        ``DbWatch.entry``), and into the record when one is built."""
+        devpath = props["DEVPATH"]
+        watch = self._dbwatch
+        if watch is None:
+            return Uevent(action, self.sys_root + devpath, props, seq, received, self._build, origin), None, None
+        name = db.db_name(props.get("SUBSYSTEM"), devpath, props)
+        entry = watch.entry(name) if name is not None and action not in _ABSENT else None
+        if entry is None:
+            return Uevent(action, self.sys_root + devpath, props, seq, received, self._build, origin), name, None
+        return Uevent(action, self.sys_root + devpath, db.merged(props, (), entry)[0], seq, received,
+                      functools.partial(self._build_enriched, entry, props), origin), name, entry.stamp
+
     def _build(self, props: dict[str, str], action: str) -> Device:
         """A :class:`Uevent`'s record, when first asked for (on the event path's thread)."""
         return device_from_uevent(props, context=self.context, sys_root=self.sys_root,
                                   parent_cache=self._parent_cache, gone=action in _ABSENT)
+
+    def _build_enriched(self, entry: db.DbEntry, said: dict[str, str], _merged: dict[str, str],
+                        action: str) -> Device:
+        """The record of a kernel uevent (``said``) with udev's database ``entry`` merged in,
+        as :meth:`_record` builds it."""
+        return db.enrich(self._build(dict(said), action), entry)
 
     def present(self, device: Device) -> bool:
         """Whether the device is in sysfs now."""
@@ -315,9 +252,7 @@ class UdevSource:
         sock = self._require()
         fd = self._poll.fileno() if self._poll is not None else sock.fileno()
         wanted = self.subsystems
-        sys_root = self.sys_root
         kernel = self.source_kind == "kernel"
-        build = self._build
         watch = self._dbwatch
         ancestry = self._ancestry
         drained = Drained()
@@ -345,10 +280,10 @@ class UdevSource:
                     if watch is not None:
                         for action, again in watch.changed():
                             if is_device(self.sys_root + again["DEVPATH"]):
-                                record, stamp = self._record(again, action)
-                                watch.seen(action, record, again, True, stamp)
+                                event, name, stamp = self._uevent(action, again, None, time.perf_counter_ns(), "udev-db")
+                                watch.seen_name(name, action, again, True, stamp)
                                 yielded = True
-                                yield DeviceEvent(action, record, None, time.perf_counter_ns(), origin="udev-db")
+                                yield event
                     if yielded:
                         yield drained
                     break
@@ -361,26 +296,25 @@ class UdevSource:
                     action = props.get("ACTION") or "change"
                     seqnum = props.get("SEQNUM")
                     seq = int(seqnum) if seqnum and seqnum.isdigit() else None
-                    if action in _ABSENT or not kernel or not self._db_readable():
-                        # Nothing read from the database: the record waits until asked for.
-                        event = Uevent(action, sys_root + devpath, props, seq, received, build)
+                    if kernel and watch is None and action not in _ABSENT and self._db_readable():
+                        # udev's database with no watch on it: read into the record now.
+                        try:
+                            record, stamp = self._record(props, action)
+                        except OSError as exc:
+                            log.debug("dropping event for a device we cannot read", extra=kv(error=str(exc)))
+                        else:
+                            yielded = True
+                            yield DeviceEvent(action, record, seq, received)
+                    else:
+                        # The record waits until asked for (see ``Uevent``).
+                        event, name, stamp = self._uevent(action, props, seq, received)
                         yielded = True
                         yield event
                         # Handled (kubelet was told): a path is not its own ancestor, so its
                         # own pass had no use for a cached record of it.
                         self._parent_cache.forget(event.syspath)
                         if watch is not None:
-                            watch.seen(action, event.device, props, action not in _ABSENT)
-                    else:
-                        try:
-                            record, stamp = self._record(dict(props) if watch is not None else props, action)
-                        except OSError as exc:
-                            log.debug("dropping event for a device we cannot read", extra=kv(error=str(exc)))
-                        else:
-                            if watch is not None:
-                                watch.seen(action, record, props, True, stamp)
-                            yielded = True
-                            yield DeviceEvent(action, record, seq, received)
+                            watch.seen_name(name, action, props, action not in _ABSENT, stamp)
                 ancestry.note(devpath)
                 if moved:
                     ancestry.note(moved)
