@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 
 import attrs
 
 from devplug.core.device import Device
-from devplug.sources.udev.db import db_id, enrich, parse_db, read_db
+from devplug.sources.udev.db import _merged, db_id, enrich, merged, parse_db, read_db
 
 DB = """\
 S:serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1ABC-if00-port0
@@ -88,3 +90,22 @@ def test_no_entry_leaves_the_record_alone(tmp_path):
     assert attrs.evolve(entry, stamp=None) == parse_db(DB)
     st = os.stat(tmp_path / "c188:0")
     assert entry.stamp == (st.st_ino, st.st_ctime_ns)
+
+
+@pytest.mark.parametrize("text", [
+    DB,
+    "",
+    "E:A=b\n",
+    "S:x\nS:a\nG:t2\nG:t1\nQ:t1\nI:123\nV:1\n",
+    "I:5\nE:USEC_INITIALIZED=7\n",
+    "S:x\nE:DEVLINKS=/dev/own\nE:TAGS=:own:\n",  # E: lines naming what libudev synthesizes
+])
+@pytest.mark.parametrize("event", [
+    {"ACTION": "add", "DEVPATH": "/devices/x/ttyUSB0", "SUBSYSTEM": "tty", "SEQNUM": "5"},
+    {"ACTION": "change", "DEVPATH": "/devices/x/ttyUSB0", "ID_VENDOR_ID": "kernel-wins",
+     "USEC_INITIALIZED": "9", "TAGS": ":event:", "DEVLINKS": "/dev/said"},
+])
+def test_an_entrys_layers_merge_as_the_long_way_does(text, event):
+    entry = parse_db(text)
+    assert merged(event, (), entry) == _merged(event, (), entry)
+    assert merged(event, ("/dev/z",), entry) == _merged(event, ("/dev/z",), entry)

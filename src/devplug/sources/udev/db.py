@@ -34,6 +34,19 @@ class DbEntry:
     #: (inode, ctime) of the file read: udevd renames a new file into place on every write,
     #: so an unchanged stamp means this content is still current.
     stamp: Optional[tuple[int, int]] = None
+    #: What :func:`merged` adds to an event naming no symlinks, worked out once per file read.
+    layers: Optional[Layers] = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen
+class Layers:
+    """An entry as merged into an event's properties: ``under`` them (the entry's ``E:``
+    properties, ``USEC_INITIALIZED``) and ``over`` them (``DEVLINKS``, ``TAGS``,
+    ``CURRENT_TAGS``, which libudev synthesizes from the entry), and its sorted links."""
+
+    under: dict[str, str]
+    over: dict[str, str]
+    links: tuple[str, ...]
 
 
 def db_id(device: Device) -> Optional[str]:
@@ -83,7 +96,12 @@ def parse_db(text: str) -> DbEntry:
             usec = value
         elif kind == "V":
             version = value
-    return DbEntry(props, tuple(links), tuple(tags), tuple(current), usec, version)
+    entry = DbEntry(props, tuple(links), tuple(tags), tuple(current), usec, version)
+    under, sorted_links = _merged(props, (), entry)
+    over = {key: under.pop(key) for key in ("DEVLINKS", "TAGS", "CURRENT_TAGS") if key in under}
+    if props.keys() & over.keys():  # E: lines naming those keys: merge them the long way
+        return entry
+    return attrs.evolve(entry, layers=Layers(under, over, sorted_links))
 
 
 def read_db(device: Device, db_dir: str = DEFAULT_DB_DIR) -> Optional[DbEntry]:
@@ -136,7 +154,19 @@ def enrich(device: Device, entry: Optional[DbEntry]) -> Device:
 
 def merged(props: Mapping[str, str], symlinks: Iterable[str], entry: DbEntry) -> tuple[dict[str, str], tuple[str, ...]]:
     """The properties and symlinks of :func:`enrich`: of a record, or of a uevent as it
-    said them (``symlinks``: its ``DEVLINKS``), which is what the recall compares."""
+    said them (``symlinks``: its ``DEVLINKS``), which is what the recall compares. An event
+    naming no symlinks (every kernel uevent) takes the entry's :class:`Layers`: two dict
+    copies instead of sorting its links and tags again on every event."""
+    layers = entry.layers
+    if layers is not None and not symlinks:
+        out = dict(layers.under)
+        out.update(props)
+        out.update(layers.over)
+        return out, layers.links
+    return _merged(props, symlinks, entry)
+
+
+def _merged(props: Mapping[str, str], symlinks: Iterable[str], entry: DbEntry) -> tuple[dict[str, str], tuple[str, ...]]:
     out = dict(entry.properties)
     out.update(props)
     links = tuple(sorted(set(symlinks) | set(entry.symlinks)))
