@@ -162,7 +162,8 @@ class Pipeline:
 
     def handle(self, report: Report, action: str) -> Change:
         """One uevent (not logged here: see :meth:`log_change`). ``move`` is the old path
-        leaving and the new one arriving; a device that left is :meth:`gone`."""
+        leaving and the new one arriving; a device that left needs no record
+        (:meth:`Inventory.gone`)."""
         if action in ABSENT_ACTIONS:
             return self.inventory.gone(report.syspath)
         if action == "move" and report.properties.get("DEVPATH_OLD"):
