@@ -9,7 +9,7 @@ import os
 import attrs
 
 from devplug.core.device import Device
-from devplug.sources.udev.db import _merged, db_id, enrich, merged, parse_db, read_db
+from devplug.sources.udev.db import _merged, db_id, db_name, enrich, merged, parse_db, read_db
 
 DB = """\
 S:serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1ABC-if00-port0
@@ -109,3 +109,25 @@ def test_an_entrys_layers_merge_as_the_long_way_does(text, event):
     entry = parse_db(text)
     assert merged(event, (), entry) == _merged(event, (), entry)
     assert merged(event, ("/dev/z",), entry) == _merged(event, ("/dev/z",), entry)
+
+
+def test_a_drivers_path_too_short_to_name_its_bus_has_no_file():
+    """The kernel names drivers /bus/X/drivers/Y; anything shorter has no database file
+    (and must not raise on the event path)."""
+    assert db_name("drivers", "/bus/usb/drivers/usbfs", {}) == "+drivers:usb:usbfs"
+    for devpath in ("/x", "/bus/usb", ""):
+        assert db_name("drivers", devpath, {}) is None
+
+
+def test_a_name_with_a_slash_reads_no_file_anywhere(tmp_path):
+    """sysname turns the kernel's ``!`` into ``/``: such a name must never read outside the
+    database directory (``..`` components included)."""
+    from devplug.sources.udev.db import db_stamp, read_db_file
+
+    outside = tmp_path / "outside"
+    outside.write_text("E:STOLEN=1\n")
+    data = tmp_path / "data"
+    (data / "+platform:x").mkdir(parents=True)  # so that the path would resolve
+    name = db_name("platform", "/devices/x!..!..!outside", {})
+    assert name == "+platform:x/../../outside"
+    assert read_db_file(name, str(data)) is None and db_stamp(name, str(data)) is None

@@ -66,7 +66,8 @@ def db_name(subsystem: Optional[str], devpath: str, props: Mapping[str, str]) ->
         return None
     sysname = devpath.rpartition("/")[2].replace("!", "/")
     if subsystem == "drivers":  # /sys/bus/X/drivers/Y: udev names it by the bus
-        return f"+drivers:{devpath.split('/')[2]}:{sysname}"
+        parts = devpath.split("/")
+        return f"+drivers:{parts[2]}:{sysname}" if len(parts) > 3 else None
     return f"+{subsystem}:{sysname}"
 
 
@@ -111,7 +112,11 @@ def read_db(device: Device, db_dir: str = DEFAULT_DB_DIR) -> Optional[DbEntry]:
 
 
 def read_db_file(name: str, db_dir: str = DEFAULT_DB_DIR) -> Optional[DbEntry]:
-    """The database entry in file ``name`` (see :func:`db_id`), or ``None``."""
+    """The database entry in file ``name`` (see :func:`db_id`), or ``None``. A name with a
+    ``/`` (a kernel name with ``!``) is no file of the flat database directory, and never a
+    path elsewhere."""
+    if "/" in name:
+        return None
     try:
         fd = os.open(f"{db_dir}/{name}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -128,6 +133,8 @@ def read_db_file(name: str, db_dir: str = DEFAULT_DB_DIR) -> Optional[DbEntry]:
 
 def db_stamp(name: str, db_dir: str = DEFAULT_DB_DIR) -> Optional[tuple[int, int]]:
     """The (inode, ctime) of a database file now, or ``None`` when it is not there."""
+    if "/" in name:
+        return None
     try:
         st = os.stat(f"{db_dir}/{name}")
     except OSError:
