@@ -129,9 +129,7 @@ class Inventory:
         present=False))`` without the sighting, for the path every unplug takes."""
         u = _Update()
         self._refused.pop(key, None)
-        bound = self._release(key)
-        if bound is not None:
-            self._mark_unhealthy(bound, u)
+        self._leave(key, False, u)
         return self._finish(u)
 
     def resync(self, sightings: Iterable[Sighting], *, hostpath: bool = False) -> Change:
@@ -202,11 +200,15 @@ class Inventory:
         if s.present and s.resource and s.base_id and s.claim:
             self._claim(s, u)
             return
-        bound = self._release(s.key)
+        self._leave(s.key, s.present, u)
+
+    def _leave(self, key: str, present: bool, u: _Update) -> None:
+        """A device no rule claims: still plugged in, it leaves its resource; gone, its IDs
+        turn Unhealthy."""
+        bound = self._release(key)
         if bound is None:
             return
-        if s.present:
-            # Still plugged in, but no rule claims it now: it leaves its resource.
+        if present:
             self._drop(bound, u)
         else:
             self._mark_unhealthy(bound, u)
