@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from devplug.sources.udev.db import read_db
+from devplug.sources.udev.db import db_id, read_db
 from devplug.sources.udev.dbwatch import DbWatch
 from .test_db import DB, tty
 
@@ -26,18 +26,18 @@ def test_a_write_the_event_already_read_is_not_repeated_a_later_one_is(tmp_path)
         # A busy daemon: udevd wrote the entry before the kernel's event was read.
         udevd_writes(tmp_path, "c188:0", DB)
         entry = read_db(dev, str(tmp_path))
-        watch.seen("add", dev, props, True, entry.stamp)
+        watch.seen(db_id(dev), "add", props, True, entry.stamp)
         assert list(watch.changed()) == []
         assert watch.skipped == 1
         # udevd writes it again (a change event's rules ran): that content was not seen.
         udevd_writes(tmp_path, "c188:0", DB + "E:NEW=1\n")
         assert list(watch.changed()) == [("add", props)]
         # An event read with no database file at all repeats on the first write.
-        watch.seen("change", dev, props, True, None)
+        watch.seen(db_id(dev), "change", props, True, None)
         udevd_writes(tmp_path, "c188:0", DB)
         assert list(watch.changed()) == [("change", props)]
         # A device that left is not repeated.
-        watch.seen("remove", dev, props, False)
+        watch.seen(db_id(dev), "remove", props, False)
         udevd_writes(tmp_path, "c188:0", DB)
         assert list(watch.changed()) == []
     finally:
@@ -63,7 +63,7 @@ def test_a_file_is_read_again_only_after_udevd_wrote_it_or_its_device_left(tmp_p
         assert again is not None and again.properties["NEW"] == "1" and watch.reads == 3
         # Its device left: udevd deletes the file, which inotify does not report here; another
         # device under the same name must not be read as this one.
-        watch.seen_name("c188:0", "remove", {}, False)
+        watch.seen("c188:0", "remove", {}, False)
         (tmp_path / "c188:0").unlink()
         assert watch.entry("c188:0") is None and watch.reads == 4
     finally:

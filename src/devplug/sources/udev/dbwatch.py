@@ -23,7 +23,6 @@ import os
 from collections.abc import Iterator
 from typing import Optional
 
-from ...core.device import Device
 from ...lib.inotify import Inotify, Mask
 from . import db
 
@@ -77,17 +76,13 @@ class DbWatch:
             del self._entries[next(iter(self._entries))]
         return found
 
-    def seen(self, action: str, record: Device, props: dict[str, str], present: bool,
+    def seen(self, name: Optional[str], action: str, props: dict[str, str], present: bool,
              stamp: Optional[tuple[int, int]] = None) -> None:
-        """The source reported this event (having read the database file with ``stamp``); a
-        later database write for it repeats it."""
-        self.seen_name(db.db_id(record), action, props, present, stamp)
-
-    def seen_name(self, name: Optional[str], action: str, props: dict[str, str], present: bool,
-                  stamp: Optional[tuple[int, int]] = None) -> None:
-        """:meth:`seen`, by the database file name (``db.db_name``). A device that left
-        takes its file's content along (udevd deletes it, which inotify does not report
-        here): another device under that name must not be read as this one."""
+        """The source reported this event of the device whose database file is ``name``
+        (``db.db_name``), having read its content with ``stamp``; a later database write for
+        it repeats it. A device that left takes its file's content along (udevd deletes it,
+        which inotify does not report here): another device under that name must not be
+        read as this one."""
         if name is None:
             return
         self._last.pop(name, None)

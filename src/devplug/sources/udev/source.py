@@ -177,17 +177,13 @@ class UdevSource:
     # -- events ----------------------------------------------------------------------------
 
     def _record(self, props: dict[str, str], action: str) -> tuple[Device, Optional[tuple[int, int]]]:
-        """The event's record, and the stamp of the udev database file merged into it."""
-        sys_root = self.sys_root
-        self._parent_cache.forget(sys_root + props["DEVPATH"])
-        record = device_from_uevent(props, context=self.context, sys_root=sys_root,
-                                    parent_cache=self._parent_cache, gone=action in _ABSENT)
-        if self.source_kind == "kernel" and action not in _ABSENT and self._db_readable():
-            # udevd's view (symlinks, ID_* properties, tags) as far as it has written it; a
-            # device that is gone needs none of it.
-            entry = db.read_db(record, self.db_dir)
-            return db.enrich(record, entry), entry.stamp if entry is not None else None
-        return record, None
+        """A present device's record from a kernel uevent with udevd's view (symlinks,
+        ``ID_*`` properties, tags) read from its database file at once, as far as udevd has
+        written it (no watch on the database: see :meth:`_uevent`); and the file's stamp."""
+        self._parent_cache.forget(self.sys_root + props["DEVPATH"])
+        record = self._build(props, action)
+        entry = db.read_db(record, self.db_dir)
+        return db.enrich(record, entry), entry.stamp if entry is not None else None
 
     def _uevent(self, action: str, props: dict[str, str], seq: Optional[int], received: int,
                 origin: str = "uevent") -> tuple[Uevent, Optional[str], Optional[tuple[int, int]]]:
@@ -281,7 +277,7 @@ class UdevSource:
                         for action, again in watch.changed():
                             if is_device(self.sys_root + again["DEVPATH"]):
                                 event, name, stamp = self._uevent(action, again, None, time.perf_counter_ns(), "udev-db")
-                                watch.seen_name(name, action, again, True, stamp)
+                                watch.seen(name, action, again, True, stamp)
                                 yielded = True
                                 yield event
                     if yielded:
@@ -314,7 +310,7 @@ class UdevSource:
                         # own pass had no use for a cached record of it.
                         self._parent_cache.forget(event.syspath)
                         if watch is not None:
-                            watch.seen_name(name, action, props, action not in _ABSENT, stamp)
+                            watch.seen(name, action, props, action not in _ABSENT, stamp)
                 ancestry.note(devpath)
                 if moved:
                     ancestry.note(moved)
