@@ -62,10 +62,18 @@ def test_a_file_is_read_again_only_after_udevd_wrote_it_or_its_device_left(tmp_p
         again = watch.entry("c188:0")
         assert again is not None and again.properties["NEW"] == "1" and watch.reads == 3
         # Its device left: udevd deletes the file, which inotify does not report here; another
-        # device under the same name must not be read as this one.
+        # device under the same name must not be read as this one. Nor is a file opened
+        # before udevd writes one again (the device's next add, read before udevd ran).
         watch.seen("c188:0", "remove", {}, False)
         (tmp_path / "c188:0").unlink()
-        assert watch.entry("c188:0") is None and watch.reads == 4
+        assert watch.entry("c188:0") is None and watch.reads == 3
+        # Even with the old file still there (udevd has not handled the remove yet).
+        watch.seen("c188:0", "remove", {}, False)
+        udevd_writes(tmp_path, "c188:0", DB)
+        assert watch.entry("c188:0") is None and watch.reads == 3
+        list(watch.changed())  # udevd's write for the next add: read it
+        back = watch.entry("c188:0")
+        assert back is not None and back.properties["ID_VENDOR_ID"] == "0403" and watch.reads == 4
     finally:
         watch.close()
 
@@ -76,6 +84,7 @@ def test_what_is_kept_is_bounded(tmp_path):
     try:
         for n in range(100):  # a gadget replugging under new names
             watch.entry(f"c188:{n}")
+            watch.seen(f"c189:{n}", "remove", {}, False)
         assert len(watch._entries) == 8
     finally:
         watch.close()

@@ -12,7 +12,8 @@ first, as in a burst) repeats nothing.
 
 The same watch keeps each file's content as last read (:meth:`DbWatch.entry`), dropped when
 inotify says udevd wrote it: a device's next event reads no file unless it changed (opening,
-reading and closing one was ~40 µs of each event on a CPU that just woke). A write not yet
+reading and closing one was ~40 µs of each event on a CPU that just woke); a device that
+left has no file (udevd deleted it) until udevd writes its next one. A write not yet
 read from inotify when an event is handled is the race reading the file had too (udevd may
 write right after the read): the write's repeat follows once the socket is drained.
 """
@@ -72,9 +73,12 @@ class DbWatch:
             pass
         found = self._entries[name] = db.read_db_file(name, self.db_dir)
         self.reads += 1
+        self._trim()
+        return found
+
+    def _trim(self) -> None:
         while len(self._entries) > self._limit:
             del self._entries[next(iter(self._entries))]
-        return found
 
     def seen(self, name: Optional[str], action: str, props: dict[str, str], present: bool,
              stamp: Optional[tuple[int, int]] = None) -> None:
@@ -82,12 +86,16 @@ class DbWatch:
         (``db.db_name``), having read its content with ``stamp``; a later database write for
         it repeats it. A device that left takes its file's content along (udevd deletes it,
         which inotify does not report here): another device under that name must not be
-        read as this one."""
+        read as this one. So its file is known absent until udevd writes it again (for the
+        device's next ``add``), which inotify reports: that ``add`` opens no file udevd has
+        not written yet (it had not, when read: ~15 µs of a cold failing ``open``)."""
         if name is None:
             return
         self._last.pop(name, None)
         if not present:
             self._entries.pop(name, None)
+            self._entries[name] = None
+            self._trim()
         else:
             self._last[name] = (action, props, stamp)
             while len(self._last) > self._limit:
