@@ -6,8 +6,10 @@ import socket
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from devplug.sources.udev.netlink import GROUP_KERNEL, GROUP_UDEV, UDEV_MONITOR_MAGIC, UeventSocket, parse
+from devplug.sources.udev.netlink import GROUP_KERNEL, GROUP_UDEV, UDEV_MONITOR_MAGIC, Parser, UeventSocket, parse
 
 DEVPATH = "/devices/virtual/tty/tty20"
 
@@ -17,7 +19,7 @@ def kernel_message(*items: str, head: str = "add@" + DEVPATH) -> bytes:
 
 
 def udevd_message(*items: str, magic: int = UDEV_MONITOR_MAGIC, offset: int = 40) -> bytes:
-    body = ("\0".join(items) + "\0").encode()
+    body = ("\0".join(items) + "\0").encode("utf-8", "surrogateescape")
     # "libudev\0", magic (big-endian), header size, properties offset and length, filters.
     header = b"libudev\0" + struct.pack(">I", magic) + struct.pack("=III", 40, offset, len(body)) + bytes(16)
     return header + body
@@ -65,6 +67,8 @@ def unbound_socket(uid: int = 0) -> tuple[UeventSocket, list[str]]:
     """The checks of a socket without one (they are pure): ``lost`` records ``on_lost``."""
     sock = object.__new__(UeventSocket)
     sock._uid = uid
+    sock.parser = Parser()
+    sock._parse = sock.parser.parse
     lost: list[str] = []
     sock.on_lost = lambda: lost.append("lost")
     return sock, lost
@@ -95,3 +99,57 @@ def test_a_truncated_message_is_dropped_and_reported_lost():
     sock, lost = unbound_socket()
     assert sock._accept(kernel_message(f"DEVPATH={DEVPATH}"), creds(0), socket.MSG_TRUNC, (0, GROUP_KERNEL)) is None
     assert lost == ["lost"]
+
+
+# ---- the memo (Parser): a message seen before but for its SEQNUM is not parsed again ------
+
+_KEYS = ["ACTION", "DEVPATH", "SUBSYSTEM", "SEQNUM", "USEC_INITIALIZED", "A", "ID_SERIAL", ""]
+_VALUES = ["", "1", "2", "add", DEVPATH, "a=b", "\udcff", "SEQNUM=3"]
+
+
+def _item(draw) -> str:
+    key = draw(st.sampled_from(_KEYS))
+    return draw(st.sampled_from([f"{key}={draw(st.sampled_from(_VALUES))}", key, "junk"]))
+
+
+@st.composite
+def messages(draw) -> bytes:
+    items = [f"DEVPATH={DEVPATH}"] + [_item(draw) for _ in range(draw(st.integers(0, 6)))]
+    items = draw(st.permutations(items))
+    if draw(st.booleans()):
+        data = udevd_message(*items)
+        return data + b"SEQNUM=9\0" if draw(st.booleans()) else data  # past the property block
+    return kernel_message(*items, head=draw(st.sampled_from(["add@" + DEVPATH, "remove@" + DEVPATH, "add"])))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(messages(), min_size=1, max_size=12), st.integers(1, 4))
+def test_the_memo_gives_what_parse_gives_whatever_came_before(history, limit):
+    parser = Parser(limit=limit)
+    for data in history + history[::-1]:
+        got = parser.parse(data)
+        assert got == parse(data)
+        if got is not None:
+            got["MUTATED"] = "1"  # the caller's own dict: the memo does not see this
+
+
+def test_a_device_repeating_itself_is_parsed_once_per_action():
+    parser = Parser()
+    for seq in range(10, 20):
+        for action in ("remove", "add"):
+            data = kernel_message(f"ACTION={action}", f"DEVPATH={DEVPATH}", "SUBSYSTEM=tty", f"SEQNUM={seq}",
+                                  "MAJOR=4", head=f"{action}@{DEVPATH}")
+            assert parser.parse(data)["SEQNUM"] == str(seq)
+            usec = udevd_message(f"ACTION={action}", f"DEVPATH={DEVPATH}", f"SEQNUM={seq}",
+                                 f"USEC_INITIALIZED={seq * 1000}", "ID_SERIAL=x")
+            assert parser.parse(usec) == parse(usec)
+    assert parser.hits == 36  # 40 messages, 4 different but for their volatile values
+
+
+def test_the_memo_is_bounded():
+    parser = Parser(limit=8, max_message=256)
+    for n in range(100):  # a gadget replugging with new strings
+        parser.parse(kernel_message(f"DEVPATH={DEVPATH}", f"ID_SERIAL={n}", "SEQNUM=1"))
+    assert len(parser._memo) == 8
+    big = kernel_message(f"DEVPATH={DEVPATH}", "A=" + "x" * 300, "SEQNUM=1")
+    assert parser.parse(big) == parse(big) and big.replace(b"\0SEQNUM=1", b"") not in parser._memo
