@@ -159,7 +159,7 @@ def test_hand_registered_handlers_cover_the_service_and_encode_like_protobuf():
         assert (method.stream is not None, method.unary is not None) == (m.server_streaming, not m.server_streaming)
     cache: dict = {}
     devices = [("a", "Healthy"), ("b-1", "Unhealthy"), ("a", "Healthy")]
-    joined = b"".join(listing.device_chunk(cache, i, h) for i, h in devices)
+    joined = b"".join(listing.device_chunks(cache, i)[h == "Healthy"] for i, h in devices)
     want = api_pb2.ListAndWatchResponse(devices=[api_pb2.Device(ID=i, health=h) for i, h in devices])
     assert joined == want.SerializeToString()
     assert api_pb2.ListAndWatchResponse.FromString(joined) == want

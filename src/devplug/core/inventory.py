@@ -385,5 +385,5 @@ class Inventory:
             ids = ((name, *changed),) if len(changed) == 1 else tuple((name, i) for i in sorted(changed))
         else:
             ids = tuple((name, i) for name in sorted(touched) for i in sorted(touched[name]))
-        return Change(resources=frozenset(u.touched), ids=ids, refused=tuple(u.refused), twins=tuple(u.twins),
-                      forgotten=u.forgotten)
+        return Change(frozenset(touched), ids, tuple(u.refused) if u.refused else (),
+                      tuple(u.twins) if u.twins else (), u.forgotten)

@@ -22,7 +22,7 @@ import operator
 from collections.abc import Collection, Sequence
 from typing import Optional
 
-from ..core.entries import Entry
+from ..core.entries import HEALTHY, UNHEALTHY, Entry
 from ..core.view import DeviceView
 from . import api_pb2
 from .transport.wire import PREFIX
@@ -32,11 +32,14 @@ from .transport.wire import PREFIX
 _HINTS_MAX = 256
 
 
-def device_chunk(cache: dict[tuple[str, str], bytes], device_id: str, health: str) -> bytes:
-    """One ``devices`` element of ListAndWatchResponse on the wire (cached)."""
-    chunk = api_pb2.ListAndWatchResponse(devices=[api_pb2.Device(ID=device_id, health=health)]).SerializeToString()
-    cache[(device_id, health)] = chunk
-    return chunk
+def device_chunks(cache: dict[str, tuple[bytes, bytes]], device_id: str) -> tuple[bytes, bytes]:
+    """A device's ``devices`` element of ListAndWatchResponse on the wire, Unhealthy and
+    Healthy (indexed by ``Entry.healthy``): a flip looks up one ID, not an (ID, health)
+    pair built and hashed for it."""
+    chunks = cache[device_id] = tuple(  # type: ignore[assignment]
+        api_pb2.ListAndWatchResponse(devices=[api_pb2.Device(ID=device_id, health=h)]).SerializeToString()
+        for h in (UNHEALTHY, HEALTHY))
+    return chunks  # type: ignore[return-value]
 
 
 class _Offsets:
@@ -87,7 +90,7 @@ class DeviceList:
         self._parts: list[bytes] = []  # each entry's element, in order
         self._buf = bytearray(self._message)
         self._offsets = _Offsets([])
-        self._chunks: dict[tuple[str, str], bytes] = {}
+        self._chunks: dict[str, tuple[bytes, bytes]] = {}  # ID -> its elements (device_chunks)
         self._position: dict[str, int] = {}  # ID -> its element, as of the last rebuild
         self._hints: Optional[set[str]] = set()  # IDs changed since the last list; None: unknown
         self._hinted = 0  # versions the hints cover
@@ -125,8 +128,7 @@ class DeviceList:
                 self._replace(i, entries[i], chunks)
         else:
             self._entries = list(entries)
-            parts = self._parts = [chunks.get((e.id, e.health)) or device_chunk(chunks, e.id, e.health)
-                                   for e in entries]
+            parts = self._parts = [(chunks.get(e.id) or device_chunks(chunks, e.id))[e.healthy] for e in entries]
             self._offsets = _Offsets(list(map(len, parts)))
             self._buf = bytearray(PREFIX.size)
             self._buf += b"".join(parts)
@@ -152,10 +154,10 @@ class DeviceList:
             told.append(i)
         return told
 
-    def _replace(self, i: int, e: Entry, chunks: dict[tuple[str, str], bytes]) -> None:
+    def _replace(self, i: int, e: Entry, chunks: dict[str, tuple[bytes, bytes]]) -> None:
         """Entry ``i`` is ``e`` now: its element is replaced in the buffer."""
         self._entries[i] = e
-        new = chunks.get((e.id, e.health)) or device_chunk(chunks, e.id, e.health)
+        new = (chunks.get(e.id) or device_chunks(chunks, e.id))[e.healthy]
         old = self._parts[i]
         if new == old:
             return

@@ -10,6 +10,7 @@ servers that come and go with kubelet restarts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Collection
@@ -94,9 +95,11 @@ class DevicePluginService:
     # ---- ListAndWatch -------------------------------------------------------------------------
     def list_and_watch(self, request: bytes, stream: ServerStream) -> None:
         watch = self._watches[stream] = _Watch()
-        stream.on_written = lambda version, woke_ns, send_ns: self._written(watch, version, woke_ns, send_ns)
-        stream.on_close = lambda: self._closed(stream)
-        stream.source = lambda: self._next_list(watch)
+        # Partials, not lambdas: the source runs on every list written, and a partial is
+        # one Python frame less on the event path.
+        stream.on_written = functools.partial(self._written, watch)
+        stream.on_close = functools.partial(self._closed, stream)
+        stream.source = functools.partial(self._next_list, watch)
         log.debug("stream opened", extra=kv(resource=self.resource, open=len(self._watches)))
         stream.changed(time.perf_counter_ns())
 
