@@ -104,33 +104,59 @@ def test_a_truncated_message_is_dropped_and_reported_lost():
 # ---- the memo (Parser): a message seen before but for its SEQNUM is not parsed again ------
 
 _KEYS = ["ACTION", "DEVPATH", "SUBSYSTEM", "SEQNUM", "USEC_INITIALIZED", "A", "ID_SERIAL", ""]
-_VALUES = ["", "1", "2", "add", DEVPATH, "a=b", "\udcff", "SEQNUM=3"]
-
-
-def _item(draw) -> str:
-    key = draw(st.sampled_from(_KEYS))
-    return draw(st.sampled_from([f"{key}={draw(st.sampled_from(_VALUES))}", key, "junk"]))
+_VALUES = ["", "1", "2", "add", DEVPATH, "a=b", "\udcff", "SEQNUM=3", "{n}"]  # {n}: differs per message
+_TRAILERS = [b"", b"SEQNUM=9\0", b"USEC_INITIALIZED=9\0", b"\0USEC_INITIALIZED=7\0"]  # past udevd's block
 
 
 @st.composite
-def messages(draw) -> bytes:
-    items = [f"DEVPATH={DEVPATH}"] + [_item(draw) for _ in range(draw(st.integers(0, 6)))]
+def devices(draw) -> list[bytes]:
+    """One device's messages: the same items, with other numbers where an item says ``{n}``
+    (what SEQNUM and USEC_INITIALIZED do), so the memo is asked for what it kept."""
+    items = [f"DEVPATH={DEVPATH}"]
+    for _ in range(draw(st.integers(0, 6))):
+        key = draw(st.sampled_from(_KEYS))
+        items.append(draw(st.sampled_from([f"{key}={draw(st.sampled_from(_VALUES))}", key, "junk"])))
     items = draw(st.permutations(items))
-    if draw(st.booleans()):
-        data = udevd_message(*items)
-        return data + b"SEQNUM=9\0" if draw(st.booleans()) else data  # past the property block
-    return kernel_message(*items, head=draw(st.sampled_from(["add@" + DEVPATH, "remove@" + DEVPATH, "add"])))
+    udevd, trailer = draw(st.booleans()), draw(st.sampled_from(_TRAILERS))
+    head = draw(st.sampled_from(["add@" + DEVPATH, "remove@" + DEVPATH, "add"]))
+    out = []
+    for n in draw(st.lists(st.sampled_from(["1", "22", "333", ""]), min_size=1, max_size=3)):
+        these = [i.replace("{n}", n) for i in items]
+        out.append(udevd_message(*these) + trailer if udevd else kernel_message(*these, head=head))
+    return out
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(messages(), min_size=1, max_size=12), st.integers(1, 4))
-def test_the_memo_gives_what_parse_gives_whatever_came_before(history, limit):
+@settings(max_examples=400, deadline=None)
+@given(st.lists(devices(), min_size=1, max_size=6), st.integers(1, 4))
+def test_the_memo_gives_what_parse_gives_whatever_came_before(devs, limit):
     parser = Parser(limit=limit)
+    history = [m for d in devs for m in d]
     for data in history + history[::-1]:
         got = parser.parse(data)
         assert got == parse(data)
         if got is not None:
             got["MUTATED"] = "1"  # the caller's own dict: the memo does not see this
+
+
+def _udevd_raw(body: bytes, trailer: bytes = b"") -> bytes:
+    header = b"libudev\0" + struct.pack(">I", UDEV_MONITOR_MAGIC) + struct.pack("=III", 40, 40, len(body)) + bytes(16)
+    return header + body + trailer
+
+
+@pytest.mark.parametrize("messages", [
+    # a volatile key twice: the last one counts, whatever the memo kept
+    [kernel_message(f"DEVPATH={DEVPATH}", f"SEQNUM={n}", "A=1", "SEQNUM=5") for n in (1, 2)],
+    [udevd_message(f"DEVPATH={DEVPATH}", f"SEQNUM={n}", f"USEC_INITIALIZED={n}", "USEC_INITIALIZED=8")
+     for n in (1, 2)],
+    # udevd's property block ends inside an item: what follows it is not the item's value
+    [_udevd_raw(f"DEVPATH={DEVPATH}\0SEQNUM=1\0USEC_INITIALIZED={n}".encode(), b"77\0") for n in (5, 6)],
+    [_udevd_raw(f"DEVPATH={DEVPATH}\0SEQNUM={n}".encode(), b"\0USEC_INITIALIZED=3\0") for n in (5, 6)],
+    [_udevd_raw(f"DEVPATH={DEVPATH}\0SEQNUM={n}\0".encode(), b"USEC_INITIALIZED=3\0") for n in (5, 6)],
+])
+def test_the_memo_holds_at_the_edges(messages):
+    parser = Parser()
+    for data in messages + messages:
+        assert parser.parse(data) == parse(data)
 
 
 def test_a_device_repeating_itself_is_parsed_once_per_action():
