@@ -390,18 +390,23 @@ def table(results: list[dict]) -> str:
     staged = [r for r in results if (r.get("stages") or {}).get("count")]
     if staged:
         names = staged[0]["stages"]["stages"]
+        before = staged[0]["stages"].get("before", ())
         lines.append("devplug's own span per uevent, p50 µs by stage (from its /stages): "
-                     + ", ".join(names) + ", total")
+                     + "".join(f"({b}) " for b in before) + ", ".join(names) + ", total")
         for r in staged:
             p50 = r["stages"]["p50_us"]
             held = f"{r['held_devices']}{'*' if r.get('same_resource') else ''}"
             own = f"; to send(2) {p50['own']:.1f}" if "own" in p50 else ""
-            lines.append(f"  {r['source']:<8} held {held:>6}: " + "  ".join(f"{p50[n]:>6.1f}" for n in names)
+            lines.append(f"  {r['source']:<8} held {held:>6}: "
+                         + "".join(f"({p50[b]:>5.1f}) " if b in p50 else "(  -  ) " for b in before)
+                         + "  ".join(f"{p50[n]:>6.1f}" for n in names)
                          + f"   = {p50['total']:.1f} (p99 {r['stages']['p99_us']['total']:.1f}){own}")
     if staged and "send" in staged[0]["stages"]["stages"]:
         lines.append("(write: encoding and framing until send(2) is called; send: the call, which wakes the "
                      "receiver and, when both CPUs are busy, may run it before returning; to send(2): the "
-                     "total without it, devplug's own work)")
+                     "total without it, devplug's own work"
+                     + ("; (read): before the span, from asking the socket for the message to its properties "
+                        "(recvmsg, the sender's checks, the parse), not in the total)" if before else ")"))
     lines.append("(ratio: devplug p50 / bare pyudev monitor p50 on the same uevents; in devplug: mean time from "
                  "devplug reading the uevent until its list was written to the socket, from its /metrics; recv cpu: "
                  "CPU time the receiver process used per list received, which it takes from devplug's 2 cores)")

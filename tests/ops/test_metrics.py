@@ -158,7 +158,7 @@ def test_latency_is_recorded_per_uevent_per_stream_not_for_initial_sends():
     v1 = inv.version(R)
     perf["now"] = 2_000_000
     b = inv.apply(seen("/sys/b", "b"))
-    t.mark(b, 2_000_000 - 100_000, 2_000_000 - 90_000, 2_000_000 - 10_000)
+    t.mark(b, 2_000_000 - 100_000, 2_000_000 - 90_000, 2_000_000 - 10_000, 2_000_000 - 140_000)  # asked 40 µs before
     v2 = inv.version(R)
     perf["now"] = 2_000_000
     t.on_event("add", "tty", "/devices/a", 1, 1_000_000 - 200_000, a)  # counted after the sends
@@ -191,6 +191,10 @@ def test_latency_is_recorded_per_uevent_per_stream_not_for_initial_sends():
     assert (50_000, 100_000, 50_000, 0, 1_300_000, 0) in t.stages  # not told when: all of it is write
     assert (10_000, 80_000, 10_000, 0, 300_000, 0) in t.stages
     assert (10_000, 80_000, 10_000, 100_000, 150_000, 50_000) in t.stages
+    # The read before the span, where the source timed it (b's, in both sends that carried it).
+    assert list(t.reads) == [40_000, 40_000]
+    assert stages["before"] == ("read",) and stages["p50_us"]["read"] == 40.0
+    assert stages["p50_us"]["total"] == 400.0  # the read is not in the span (b: 10+80+10+0+300+0)
     assert [(c.resource, c.id, c.state) for c in ev[1].changes] == [(R, "b", "Healthy")]
 
 

@@ -235,7 +235,7 @@ class Daemon:
                 change = self.pipeline.handle(item if kind is Uevent else item.device, item.action)
                 handled = perf_counter_ns()
                 if change.resources:  # before publish: the streams send (and report it) inside publish
-                    self.telemetry.mark(change, item.received_ns, built, handled)
+                    self.telemetry.mark(change, item.received_ns, built, handled, item.read_ns)
                 self.publish(change)
                 done.append((item, change))
             elif isinstance(item, Drained):

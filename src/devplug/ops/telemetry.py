@@ -36,6 +36,10 @@ EVENT_LOG_SIZE = 256
 #: when both CPUs are busy the kernel may run it before the call returns, so ``send`` can
 #: hold the receiver's own work (with 1,000 devices, kubelet decoding the list), not devplug's.
 STAGES = ("record", "rules_inventory", "publish", "to_stream", "write", "send")
+#: Before the span: from asking the socket for the message to having its properties
+#: (``recvmsg``, the sender's checks, the parse). Not in ``total`` nor ``own``, which start
+#: when the uevent was read; trio's wake-up before it is not measured here at all.
+READ = "read"
 _PENDING_PER_RESOURCE = 64
 
 
@@ -75,8 +79,9 @@ class Telemetry:
         # Raw tuples (cheap on the event path); :meth:`recent` builds the records.
         self._events: collections.deque[tuple] = collections.deque(maxlen=events)
         self.rules_error: Optional[str] = None
-        self._pending: dict[str, collections.deque[tuple[int, int, int, int, int]]] = {}
-        self.stages: collections.deque[tuple[int, int, int, int, int]] = collections.deque(maxlen=4096)
+        self._pending: dict[str, collections.deque[tuple[int, int, int, int, int, Optional[int]]]] = {}
+        self.stages: collections.deque[tuple[int, int, int, int, int, int]] = collections.deque(maxlen=4096)
+        self.reads: collections.deque[int] = collections.deque(maxlen=4096)  # READ of the same sends
 
         # The records /metrics reports (ops/metrics.py reads them when scraped).
         self.uevents: collections.Counter[tuple[str, str]] = collections.Counter()  # (action, subsystem)
@@ -95,17 +100,20 @@ class Telemetry:
         self.registry: CollectorRegistry = build_registry(self)
 
     # ---- hooks the daemon calls ------------------------------------------------------------
-    def mark(self, change: Change, received_ns: int, built_ns: int, handled_ns: int) -> None:
+    def mark(self, change: Change, received_ns: int, built_ns: int, handled_ns: int,
+             read_ns: Optional[int] = None) -> None:
         """On the event path, right before a uevent's change is published (the streams
         write inside ``publish``): remember when each stage ended, so the stream sends that
         carry it can time them (``on_sent``). ``*_ns`` are ``time.perf_counter_ns()``:
-        message read, record built, rules and inventory done; now is when publishing starts."""
+        message read, record built, rules and inventory done, and (``read_ns``) the message
+        asked for; now is when publishing starts."""
         published_ns = self._perf_ns()
         for resource in change.resources:
             pending = self._pending.get(resource)
             if pending is None:
                 pending = self._pending[resource] = collections.deque(maxlen=_PENDING_PER_RESOURCE)
-            pending.append((self.inventory.version(resource), received_ns, built_ns, handled_ns, published_ns))
+            pending.append((self.inventory.version(resource), received_ns, built_ns, handled_ns, published_ns,
+                            read_ns))
 
     def on_event(self, action: str, subsystem: Optional[str], devpath: Optional[str],
                  seqnum: Optional[int], received_ns: int, change: Change) -> None:
@@ -141,7 +149,7 @@ class Telemetry:
         if not pending:
             return
         now_ns = self._perf_ns()
-        for v, received_ns, built_ns, handled_ns, published_ns in pending:
+        for v, received_ns, built_ns, handled_ns, published_ns, read_ns in pending:
             if previous < v <= version:
                 seconds = (now_ns - received_ns) / 1e9
                 self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le is inclusive
@@ -150,10 +158,13 @@ class Telemetry:
                 sending = now_ns if send_ns is None or send_ns < woke else send_ns
                 self.stages.append((built_ns - received_ns, handled_ns - built_ns, published_ns - handled_ns,
                                     woke - published_ns, sending - woke, now_ns - sending))
+                if read_ns is not None:
+                    self.reads.append(received_ns - read_ns)
 
     def stage_summary(self) -> dict:
         """Percentiles (µs) of each stage of the last sends that carried a uevent, of their
-        ``total``, and of ``own``: the total up to the ``send(2)`` call (devplug's own work)."""
+        ``total``, and of ``own``: the total up to the ``send(2)`` call (devplug's own work);
+        and of ``read`` (:data:`READ`, before the span) where the source timed it."""
         samples = list(self.stages)
         out: dict = {"count": len(samples), "stages": STAGES}
         if not samples:
@@ -161,10 +172,15 @@ class Telemetry:
         totals = sorted(sum(s) for s in samples)
         owns = sorted(sum(s) - s[-1] for s in samples)
         columns = [sorted(col) for col in zip(*samples)]
+        reads = sorted(self.reads)
+        if reads:
+            out["before"] = (READ,)
         for q, name in ((0.5, "p50_us"), (0.9, "p90_us"), (0.99, "p99_us")):
             k = min(len(samples) - 1, int(q * (len(samples) - 1) + 0.5))
             out[name] = {**{stage: round(col[k] / 1e3, 1) for stage, col in zip(STAGES, columns)},
                          "total": round(totals[k] / 1e3, 1), "own": round(owns[k] / 1e3, 1)}
+            if reads:
+                out[name][READ] = round(reads[min(len(reads) - 1, int(q * (len(reads) - 1) + 0.5))] / 1e3, 1)
         return out
 
     def on_registration(self, resource: str, ok: bool) -> None:

@@ -84,7 +84,7 @@ def test_change_remove_add_arrive_in_order(source):
         assert e.devpath == "/devices/virtual/tty/tty21"
     seqnums = [e.seqnum for e in events]
     assert all(isinstance(s, int) for s in seqnums) and seqnums == sorted(seqnums)
-    assert all(start < e.received_ns <= time.perf_counter_ns() for e in events)
+    assert all(start < e.read_ns < e.received_ns <= time.perf_counter_ns() for e in events)  # read: before the span
     for e in events:
         assert e.device.devpath == "/devices/virtual/tty/tty21"
         assert e.device.subsystem == "tty" and e.device.devnode == "/dev/tty21"

@@ -31,6 +31,7 @@ class DeviceEvent:
     seqnum: Optional[int]
     received_ns: int  # time.perf_counter_ns() right after the message was received
     origin: str = "uevent"
+    read_ns: Optional[int] = None  # time.perf_counter_ns() right before it was asked for
 
     @property
     def syspath(self) -> str:
@@ -67,6 +68,9 @@ class Uevent:
     #: ``"uevent"``, or ``"udev-db"`` for the kernel source's repeat once udevd wrote the
     #: device's database entry (see ``dbwatch``).
     origin: str = "uevent"
+    #: time.perf_counter_ns() right before the message was asked for (the socket's read,
+    #: the sender's checks and the parse, which come before ``received_ns``).
+    read_ns: Optional[int] = None
     _device: Optional[Device] = None
 
     @property

@@ -186,7 +186,8 @@ class UdevSource:
         return db.enrich(record, entry), entry.stamp if entry is not None else None
 
     def _uevent(self, action: str, props: dict[str, str], seq: Optional[int], received: int,
-                origin: str = "uevent") -> tuple[Uevent, Optional[str], Optional[tuple[int, int]]]:
+                origin: str = "uevent", read: Optional[int] = None
+                ) -> tuple[Uevent, Optional[str], Optional[tuple[int, int]]]:
         """The event's :class:`Uevent`, its database file name and the stamp of the content
         merged in. The kernel source with a watch on udev's database merges the device's
         entry into the properties the recall compares (read only if udevd wrote it since:
@@ -194,13 +195,13 @@ class UdevSource:
         devpath = props["DEVPATH"]
         watch = self._dbwatch
         if watch is None:
-            return Uevent(action, self.sys_root + devpath, props, seq, received, self._build, origin), None, None
+            return Uevent(action, self.sys_root + devpath, props, seq, received, self._build, origin, read), None, None
         name = db.db_name(props.get("SUBSYSTEM"), devpath, props)
         entry = watch.entry(name) if name is not None and action not in _ABSENT else None
         if entry is None:
-            return Uevent(action, self.sys_root + devpath, props, seq, received, self._build, origin), name, None
+            return Uevent(action, self.sys_root + devpath, props, seq, received, self._build, origin, read), name, None
         return Uevent(action, self.sys_root + devpath, db.merged(props, (), entry)[0], seq, received,
-                      functools.partial(self._build_enriched, entry, props), origin), name, entry.stamp
+                      functools.partial(self._build_enriched, entry, props), origin, read), name, entry.stamp
 
     def _build(self, props: dict[str, str], action: str) -> Device:
         """A :class:`Uevent`'s record, when first asked for (on the event path's thread)."""
@@ -256,6 +257,7 @@ class UdevSource:
             await trio.lowlevel.wait_readable(fd)
             yielded = False
             while True:
+                asked = time.perf_counter_ns()
                 try:
                     props = sock.receive()
                 except OSError as exc:
@@ -300,10 +302,10 @@ class UdevSource:
                             log.debug("dropping event for a device we cannot read", extra=kv(error=str(exc)))
                         else:
                             yielded = True
-                            yield DeviceEvent(action, record, seq, received)
+                            yield DeviceEvent(action, record, seq, received, read_ns=asked)
                     else:
                         # The record waits until asked for (see ``Uevent``).
-                        event, name, stamp = self._uevent(action, props, seq, received)
+                        event, name, stamp = self._uevent(action, props, seq, received, read=asked)
                         yielded = True
                         yield event
                         # Handled (kubelet was told): a path is not its own ancestor, so its
