@@ -10,6 +10,12 @@ B awake (p50/p99), and how long the ``send(2)`` call itself takes in A (the kern
 inside it). Compare with the hotplug table: devplug p50 − netlink floor p50 is the budget
 devplug, this wake-up and the receiver share.
 
+The same run then times it once more with B a trio task waiting in
+``trio.lowlevel.wait_readable`` (as devplug's uevent source waits on netlink), stamped when
+the task resumes: the difference is what trio's scheduler adds to every wake-up (its run
+loop, the task's reschedule and resumption on a CPU that just woke), which devplug pays on
+each uevent and the netlink floor's bare monitor does not.
+
     python bench/bench_wake.py [--samples 300] [--gap-ms 10]
 Prints one JSON object, then a table. Needs no root.
 """
@@ -24,6 +30,8 @@ import socket
 import statistics
 import time
 
+import trio  # imported before the fork: the receiver's start-up is not in the figures
+
 
 def quantiles(values: list[float]) -> dict[str, float]:
     v = sorted(values)
@@ -31,24 +39,48 @@ def quantiles(values: list[float]) -> dict[str, float]:
             "max_us": round(v[-1], 1)}
 
 
-def run(samples: int, gap_s: float) -> dict:
+def _epoll_receiver(b: socket.socket, samples: int) -> list[int]:
+    ep = select.epoll()
+    ep.register(b.fileno(), select.EPOLLIN)
+    woke = []
+    b.send(b"r")  # ready: the writer starts now
+    for _ in range(samples):
+        ep.poll()
+        woke.append(time.perf_counter_ns())
+        b.recv(64)
+    return woke
+
+
+def _trio_receiver(b: socket.socket, samples: int) -> list[int]:
+    woke: list[int] = []
+
+    async def main() -> None:
+        b.send(b"r")
+        for _ in range(samples):
+            await trio.lowlevel.wait_readable(b.fileno())
+            woke.append(time.perf_counter_ns())
+            b.recv(64)
+
+    trio.run(main)
+    return woke
+
+
+RECEIVERS = {"epoll": _epoll_receiver, "trio": _trio_receiver}
+
+
+def run(samples: int, gap_s: float, receiver: str = "epoll") -> dict:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the receiver
         a.close()
         os.close(r)
-        ep = select.epoll()
-        ep.register(b.fileno(), select.EPOLLIN)
-        woke = []
-        for _ in range(samples):
-            ep.poll()
-            woke.append(time.perf_counter_ns())
-            b.recv(64)
+        woke = RECEIVERS[receiver](b, samples)
         os.write(w, json.dumps(woke).encode())
         os._exit(0)
     b.close()
     os.close(w)
+    a.recv(1)  # the receiver is waiting: no write may arrive before it does
     sent, call = [], []
     for _ in range(samples):
         time.sleep(gap_s)
@@ -62,7 +94,7 @@ def run(samples: int, gap_s: float) -> dict:
         chunks.append(chunk)
     os.waitpid(pid, 0)
     woke = json.loads(b"".join(chunks))
-    return {"samples": samples, "gap_ms": gap_s * 1e3,
+    return {"samples": samples, "gap_ms": gap_s * 1e3, "receiver": receiver,
             "wake": quantiles([(t1 - t0) / 1e3 for t0, t1 in zip(sent, woke)]),
             "send_call": quantiles(call)}
 
@@ -72,14 +104,19 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--gap-ms", type=float, default=10.0, help="sleep before each write (sporadic events)")
     args = ap.parse_args()
+    loadavg = os.getloadavg()[0]
     res = run(args.samples, args.gap_ms / 1e3)
+    in_trio = run(args.samples, args.gap_ms / 1e3, "trio")
     report = {"benchmark": "cross_process_wake", "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
-              "loadavg_start": os.getloadavg()[0], **res}
+              "loadavg_start": loadavg, **res, "trio": in_trio,
+              "trio_adds_p50_us": round(in_trio["wake"]["p50_us"] - res["wake"]["p50_us"], 1)}
     print(json.dumps(report, indent=2))
     print()
-    print(f"unix socket, {res['samples']} writes {res['gap_ms']:g} ms apart: write -> peer awake p50 "
-          f"{res['wake']['p50_us']} us, p99 {res['wake']['p99_us']} us; the send(2) call itself p50 "
-          f"{res['send_call']['p50_us']} us, p99 {res['send_call']['p99_us']} us")
+    for r in (res, in_trio):
+        print(f"unix socket, {r['samples']} writes {r['gap_ms']:g} ms apart, peer waiting in {r['receiver']}: "
+              f"write -> peer awake p50 {r['wake']['p50_us']} us, p99 {r['wake']['p99_us']} us; the send(2) "
+              f"call itself p50 {r['send_call']['p50_us']} us, p99 {r['send_call']['p99_us']} us")
+    print(f"trio's scheduler adds p50 {report['trio_adds_p50_us']} us to the wake-up")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ BEGIN, END = "<!-- figures:begin -->", "<!-- figures:end -->"
 STEPS: dict[str, tuple[list[str], list[str], int]] = {
     "rules": (["bench_rules.py"], ["bench_rules.py", "--repeat", "1"], 600),
     "allocate": (["bench_allocate.py"], ["bench_allocate.py", "--calls", "500"], 600),
+    # Just before hotplug: the wake-up its figures share, and what trio adds to it.
+    "wake": (["bench_wake.py", "--gap-ms", "3"], ["bench_wake.py", "--gap-ms", "3", "--samples", "50"], 300),
     "hotplug": (["bench_hotplug.py", "--held", "0,100,1000"],
                 ["bench_hotplug.py", "--held", "0,100,1000", "--samples", "50"], 1800),
     "hotplug_same": (["bench_hotplug.py", "--held", "1000", "--same-resource", "--samples", "150"],
@@ -214,6 +216,14 @@ def rows_flood(r: dict) -> list[Row]:
              "as without the flood, no EMFILE", "", "")]
 
 
+def rows_wake(r: dict) -> list[Row]:
+    t, e = r["trio"]["wake"], r["wake"]
+    return [(f"cross-process wake-up, {r['gap_ms']:g} ms apart: write → peer's trio task resumes "
+             "(vs peer in a bare epoll_wait), p50 / p99",
+             f"{t['p50_us']} / {t['p99_us']} µs (trio adds {r['trio_adds_p50_us']} µs)", "",
+             f"{e['p50_us']} / {e['p99_us']} µs", _ratio(t["p50_us"], e["p50_us"]))]
+
+
 def rows_replug(r: dict) -> list[Row]:
     return [(f"core + records after {x['replugs']:,} replugs with new serials, {x['mode']}",
              f"RSS +{round(x['rss_mib_after'] - x['rss_mib_after_warmup'], 1)} MiB, {x['inventory_ids']:,} IDs kept, "
@@ -224,7 +234,7 @@ def rows_replug(r: dict) -> list[Row]:
 SUMMARY: dict[str, Callable[[dict], list[Row]]] = {
     "rules": rows_rules, "allocate": rows_allocate, "hotplug": rows_hotplug, "hotplug_same": rows_hotplug, "burst": rows_burst,
     "coldstart": rows_coldstart, "memory": rows_memory, "idle": rows_idle, "flood": rows_flood,
-    "replug": rows_replug,
+    "replug": rows_replug, "wake": rows_wake,
 }
 
 
