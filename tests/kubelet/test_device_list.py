@@ -13,7 +13,7 @@ from tests.kubelet.kubelet_harness import R, gone, seen
 from devplug.core.inventory import Inventory
 from devplug.core.view import PublishedView
 from devplug.kubelet import api_pb2
-from devplug.kubelet.listing import DeviceList
+from devplug.kubelet.listing import REBUILD_BELOW, DeviceList
 from devplug.kubelet.transport import frame
 
 
@@ -22,9 +22,10 @@ def encoded(view) -> bytes:
                                                        for e in view.entries(R)]).SerializeToString())
 
 
+@pytest.mark.parametrize("rebuild_below", [0, REBUILD_BELOW, 10_000], ids=["patched", "both", "joined"])
 @pytest.mark.parametrize("published,hints", [(False, "none"), (True, "none"), (False, "all"), (False, "some"),
                                              (True, "all")])
-def test_the_list_matches_protobuf_after_every_change(published, hints):
+def test_the_list_matches_protobuf_after_every_change(published, hints, rebuild_below):
     """Live, every version is listed; published every third step, a version can hold an ID
     forgotten and another added (same length, positions shifted). ``hints``: each change's
     IDs are told to the list as the adapter tells them (all, or some changes untold, or
@@ -34,7 +35,7 @@ def test_the_list_matches_protobuf_after_every_change(published, hints):
     for k in range(50):
         inv.apply(seen(f"/sys/d{k}", f"D{k:03d}"))
     view = PublishedView(inv) if published else inv
-    lst = DeviceList(R, view)
+    lst = DeviceList(R, view, rebuild_below=rebuild_below)  # "both": 50 devices, growing past 64 and back
     present = set(range(50))
     serial = 1000
     apply = inv.apply
@@ -164,6 +165,24 @@ def test_a_flip_among_a_thousand_patches_one_element():
         assert lst.current()[1] == encoded(inv)
         inv.apply(seen(f"/sys/d{k}", f"D{k:04d}"))
         assert lst.current()[1] == encoded(inv)
+
+
+def test_a_short_list_is_joined_and_keeps_no_patch_state():
+    """Below REBUILD_BELOW devices each version is joined from the cached elements; a list
+    that shrinks there drops the buffer it patched, and keeps no hints while short."""
+    inv = Inventory()
+    inv.apply(*(seen(f"/sys/d{k}", f"D{k:04d}") for k in range(REBUILD_BELOW + 36)))
+    lst = DeviceList(R, inv)
+    lst.current()
+    assert len(lst._parts) == REBUILD_BELOW + 36 and len(lst._buf) > 1000
+    inv.apply(*(gone(f"/sys/d{k}") for k in range(40)))
+    inv.collect(0.0, grace=0.0, in_use=frozenset(), cap=0)  # 40 IDs forgotten: 60 left
+    assert lst.current()[1] == encoded(inv)
+    assert lst._parts == [] and len(lst._buf) == 0
+    for k in range(40, 50):
+        inv.apply(gone(f"/sys/d{k}"))
+        lst.hint([f"D{k:04d}"])
+        assert lst._hints is None and lst.current()[1] == encoded(inv)
 
 
 def test_a_told_flip_reads_its_own_entry_and_snapshots_nothing():
