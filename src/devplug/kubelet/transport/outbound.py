@@ -118,7 +118,9 @@ class Outbound:
                 self.sending[stream.id] = stream
             if busy:
                 return
-        self.drive(woke_ns)
+            self.drive(woke_ns)
+        elif self.out:  # framed, with h2's own bytes before it: nothing else to ask h2
+            self._send_out(woke_ns if woke_ns is not None else time.perf_counter_ns())
         if self.queued != before and stream.handle is not None and not stream.done:
             stream.cooling = True
             self._cooling.append(stream)
@@ -204,28 +206,34 @@ class Outbound:
                 if self.closing:
                     return
                 self._take()
-                if self.out:
-                    send_ns = time.perf_counter_ns()
-                    try:
-                        n = self.sock.send(self.out)
-                    except BlockingIOError:
-                        n = 0
-                    except OSError:  # the peer is gone
-                        self._drop()
-                        return
-                    if n:
-                        del self.out[:n]
-                        self.written += n
-                        if self._written_marks:
-                            self._confirm(woke_ns, send_ns)
-                    if self.out:
-                        self._wake.set()  # the writer waits for room
-                        return
+                if self.out and not self._send_out(woke_ns):
+                    return
                 if not more:
                     return
         except h2.exceptions.ProtocolError as exc:  # h2 and we disagree: this connection only
             log.warning("gRPC connection dropped", extra=kv(error=repr(exc)))
             self._drop()
+
+    def _send_out(self, woke_ns: int) -> bool:
+        """``out`` to the kernel now; False when some of it must wait for room (the writer
+        task takes over) or the peer is gone."""
+        send_ns = time.perf_counter_ns()
+        try:
+            n = self.sock.send(self.out)
+        except BlockingIOError:
+            n = 0
+        except OSError:  # the peer is gone
+            self._drop()
+            return False
+        if n:
+            del self.out[:n]
+            self.written += n
+            if self._written_marks:
+                self._confirm(woke_ns, send_ns)
+        if self.out:
+            self._wake.set()  # the writer waits for room
+            return False
+        return True
 
     def _take(self) -> None:
         data = self.h2.data_to_send()
