@@ -148,6 +148,11 @@ def _udevd_raw(body: bytes, trailer: bytes = b"") -> bytes:
     [kernel_message(f"DEVPATH={DEVPATH}", f"SEQNUM={n}", "A=1", "SEQNUM=5") for n in (1, 2)],
     [udevd_message(f"DEVPATH={DEVPATH}", f"SEQNUM={n}", f"USEC_INITIALIZED={n}", "USEC_INITIALIZED=8")
      for n in (1, 2)],
+    [udevd_message(f"DEVPATH={DEVPATH}", f"SEQNUM={n}", "A=1", "SEQNUM=5") for n in (1, 2)],
+    # a volatile key with no value, then a message without it (hypothesis found this one)
+    [kernel_message(f"DEVPATH={DEVPATH}", "SEQNUM="), kernel_message(f"DEVPATH={DEVPATH}")],
+    [udevd_message(f"DEVPATH={DEVPATH}", "SEQNUM=", "USEC_INITIALIZED="), udevd_message(f"DEVPATH={DEVPATH}")],
+    [udevd_message(f"DEVPATH={DEVPATH}", "SEQNUM=1", "USEC_INITIALIZED="), udevd_message(f"DEVPATH={DEVPATH}", "SEQNUM=2")],
     # udevd's property block ends inside an item: what follows it is not the item's value
     [_udevd_raw(f"DEVPATH={DEVPATH}\0SEQNUM=1\0USEC_INITIALIZED={n}".encode(), b"77\0") for n in (5, 6)],
     [_udevd_raw(f"DEVPATH={DEVPATH}\0SEQNUM={n}".encode(), b"\0USEC_INITIALIZED=3\0") for n in (5, 6)],

@@ -76,9 +76,10 @@ class Parser:
     Decoding and splitting ten ``KEY=VALUE`` items is cheap on a warm CPU, ~10 µs, but
     65-90 µs on one that just woke for the uevent. Finding the markers, one lookup and a
     dict copy cost 47-59 µs there for a kernel message and ~59 µs for udevd's (parse:
-    ~70). Exact: the key is the message with the volatile items cut out, so two messages
-    with one key hold the same other items; a volatile key held twice is parsed as it is
-    (the last one counts), and a cut never reaches outside udevd's property block.
+    ~70). Exact: the key is the message with the volatile values cut out (their markers
+    stay, so no message without them shares a key), so two messages with one key hold the
+    same other items; a volatile key held twice is parsed as it is (the last one counts),
+    and a cut never reaches outside udevd's property block.
     Bounded (devices pick their strings): ``limit`` messages of at most ``max_message``
     bytes, the oldest forgotten first.
     """
@@ -92,16 +93,16 @@ class Parser:
     def parse(self, data: bytes) -> Optional[dict[str, str]]:
         if data.startswith(_PREFIX):
             return self._udevd(data)
-        # The kernel's: the header ("ACTION@DEVPATH") ends at the first NUL, so a cut that
-        # starts at a NUL is an item of the body.
+        # The kernel's: the header ("ACTION@DEVPATH") ends at the first NUL, so a marker
+        # that starts at a NUL is an item of the body.
         i = data.find(b"\0SEQNUM=")
         if i < 0:
             return self._look(data, data)
         j = data.find(b"\0", i + 8)
         if j < 0:
             j = len(data)
-        key = data[:i] + data[j:]
-        if key.find(b"\0SEQNUM=", i) >= 0:
+        key = data[:i + 8] + data[j:]  # the value goes, its marker stays: no key of a message without one
+        if key.find(b"\0SEQNUM=", i + 1) >= 0:
             return parse(data)  # twice: the last one counts, and the key would hide it
         props = self._memo.get(key)
         if props is None:
@@ -125,14 +126,19 @@ class Parser:
         j = data.find(b"\0", i + 8, end)
         if j < 0:
             j = end
-        k = j
         if data.startswith(b"\0USEC_INITIALIZED=", j, end):
             k = data.find(b"\0", j + 18, end)
             if k < 0:
                 k = end
-        key = data[:i] + data[k:]
-        rest = end - (k - i)
-        if key.find(b"\0SEQNUM=", i, rest) >= 0 or (k != j and key.find(b"\0USEC_INITIALIZED=", start, rest) >= 0):
+            key = data[:i + 8] + data[j:j + 18] + data[k:]  # both values go, their markers stay
+            rest = end - (j - i - 8) - (k - j - 18)
+            if key.count(b"\0USEC_INITIALIZED=", start, rest) != 1:
+                return parse(data)
+        else:
+            k = j
+            key = data[:i + 8] + data[j:]
+            rest = end - (j - i - 8)
+        if key.find(b"\0SEQNUM=", i + 1, rest) >= 0:
             return parse(data)  # twice: the last one counts, and the key would hide it
         props = self._memo.get(key)
         if props is None:
