@@ -76,10 +76,12 @@ class Parser:
     Decoding and splitting ten ``KEY=VALUE`` items is cheap on a warm CPU, ~10 µs, but
     65-90 µs on one that just woke for the uevent. Finding the markers, one lookup and a
     dict copy cost 16-20 µs less there for a kernel message, 6-11 µs less for udevd's
-    (in process, 3 ms asleep before each: 57 against 73-76 µs, 69 against 76-79). Exact: the key is the message with the volatile values cut out (their markers
-    stay, so no message without them shares a key), so two messages with one key hold the
-    same other items; a volatile key held twice is parsed as it is (the last one counts),
-    and a cut never reaches outside udevd's property block.
+    (in process, 3 ms asleep before each: 57 against 73-76 µs, 69 against 76-79).
+
+    Exact: the key is the message with the volatile values cut out (their markers stay, so
+    no message without them shares a key), so two messages with one key hold the same
+    other items; a volatile key held twice is parsed as it is (the last one counts), and a
+    cut never reaches outside udevd's property block.
     Bounded (devices pick their strings): ``limit`` messages of at most ``max_message``
     bytes, the oldest forgotten first.
     """

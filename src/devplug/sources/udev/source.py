@@ -192,15 +192,15 @@ class UdevSource:
         merged in. The kernel source with a watch on udev's database merges the device's
         entry into the properties the recall compares (read only if udevd wrote it since:
         ``DbWatch.entry``), and into the record when one is built."""
-        devpath = props["DEVPATH"]
+        syspath = self.sys_root + props["DEVPATH"]
         watch = self._dbwatch
         if watch is None:
-            return Uevent(action, self.sys_root + devpath, props, seq, received, self._build, origin, read), None, None
-        name = db.db_name(props.get("SUBSYSTEM"), devpath, props)
+            return Uevent(action, syspath, props, seq, received, self._build, origin, read), None, None
+        name = db.db_name(props.get("SUBSYSTEM"), props["DEVPATH"], props)
         entry = watch.entry(name) if name is not None and action not in _ABSENT else None
         if entry is None:
-            return Uevent(action, self.sys_root + devpath, props, seq, received, self._build, origin, read), name, None
-        return Uevent(action, self.sys_root + devpath, db.merged(props, (), entry)[0], seq, received,
+            return Uevent(action, syspath, props, seq, received, self._build, origin, read), name, None
+        return Uevent(action, syspath, db.merged(props, (), entry)[0], seq, received,
                       functools.partial(self._build_enriched, entry, props), origin, read), name, entry.stamp
 
     def _build(self, props: dict[str, str], action: str) -> Device:
