@@ -67,6 +67,10 @@ def parse(data: bytes) -> Optional[dict[str, str]]:
     return props if "DEVPATH" in props else None
 
 
+#: Not in the memo (it keeps ``None`` for a malformed message).
+_UNSEEN: dict[str, str] = {}
+
+
 class Parser:
     """:func:`parse` with a memo: a message seen before but for its volatile values (a
     device's ``remove``, ``add`` and ``change`` repeat byte for byte but for ``SEQNUM``, and
@@ -100,56 +104,51 @@ class Parser:
             end = start + length if length else len(data)
         else:  # the kernel's: its header ends at the first NUL, so a marker is an item
             start, end = 0, len(data)
-        i = data.find(b"\0SEQNUM=", start, end)
+        i = j = k = data.find(b"\0SEQNUM=", start, end)
         if i < 0:
-            return self._look(data, data)
-        j = data.find(b"\0", i + 8, end)
-        if j < 0:
-            j = end
-        # The values go, their markers stay: no key of a message without them. udevd writes
-        # USEC_INITIALIZED right after SEQNUM (systemd 252); anywhere else it stays in the
-        # key (exact, only not shared).
-        if data.startswith(b"\0USEC_INITIALIZED=", j, end):
-            k = data.find(b"\0", j + 18, end)
-            if k < 0:
-                k = end
-            key = data[:i + 8] + data[j:j + 18] + data[k:]
-            rest = end - (j - i - 8) - (k - j - 18)
-            if key.count(b"\0USEC_INITIALIZED=", start, rest) != 1:
-                return parse(data)  # twice: the last one counts, and the key would hide it
+            key = data  # nothing volatile: the message is its own key
         else:
-            k = j
-            key = data[:i + 8] + data[j:]
-            rest = end - (j - i - 8)
-        if key.find(b"\0SEQNUM=", i + 1, rest) >= 0:
-            return parse(data)
-        props = self._memo.get(key)
+            j = k = data.find(b"\0", i + 8, end)
+            if j < 0:
+                j = k = end
+            # The values go, their markers stay: no key of a message without them. udevd
+            # writes USEC_INITIALIZED right after SEQNUM (systemd 252); anywhere else it
+            # stays in the key (exact, only not shared).
+            if data.startswith(b"\0USEC_INITIALIZED=", j, end):
+                k = data.find(b"\0", j + 18, end)
+                if k < 0:
+                    k = end
+                key = data[:i + 8] + data[j:j + 18] + data[k:]
+                rest = end - (j - i - 8) - (k - j - 18)
+                if key.count(b"\0USEC_INITIALIZED=", start, rest) != 1:
+                    return parse(data)  # twice: the last one counts, and the key would hide it
+            else:
+                key = data[:i + 8] + data[j:]
+                rest = end - (j - i - 8)
+            if key.find(b"\0SEQNUM=", i + 1, rest) >= 0:
+                return parse(data)
+        props = self._memo.get(key, _UNSEEN)
+        if props is _UNSEEN:
+            return self._keep(data, key)
         if props is None:
-            return self._look(data, key)
+            return None
         self.hits += 1
-        out = dict(props)
-        out["SEQNUM"] = data[i + 8:j].decode("utf-8", "surrogateescape")
-        if k != j:
-            out["USEC_INITIALIZED"] = data[j + 18:k].decode("utf-8", "surrogateescape")
+        out = dict(props)  # the caller's own
+        if i >= 0:
+            out["SEQNUM"] = data[i + 8:j].decode("utf-8", "surrogateescape")
+            if k != j:
+                out["USEC_INITIALIZED"] = data[j + 18:k].decode("utf-8", "surrogateescape")
         return out
 
-    def _look(self, data: bytes, key: bytes) -> Optional[dict[str, str]]:
-        """A message not in the memo (or one whose key is itself): parsed, and kept."""
-        memo = self._memo
-        if key in memo:
-            props = memo[key]
-            if props is None:
-                return None
-            self.hits += 1
-        else:
-            props = parse(data)
-            if len(data) <= self.max_message:
-                memo[key] = props
-                if len(memo) > self.limit:
-                    del memo[next(iter(memo))]
-            if props is None:
-                return None
-        return dict(props)  # the caller's own
+    def _keep(self, data: bytes, key: bytes) -> Optional[dict[str, str]]:
+        """A message not seen before: parsed, and kept under ``key``."""
+        props = parse(data)
+        if len(data) <= self.max_message:
+            memo = self._memo
+            memo[key] = props
+            if len(memo) > self.limit:
+                del memo[next(iter(memo))]
+        return None if props is None else dict(props)  # the caller's own
 
 
 def _nothing() -> None:
