@@ -98,14 +98,18 @@ class DeviceList:
         self._rebuild_below = rebuild_below
         self._version: Optional[int] = None
         self._message = PREFIX.pack(0, 0)
-        self._entries: list[Entry] = []  # what the buffer encodes, in order (a copy of our own)
-        self._parts: list[bytes] = []  # each entry's element, in order
-        self._buf = bytearray(self._message)
-        self._offsets = _Offsets([])
         self._chunks: dict[str, tuple[bytes, bytes]] = {}  # ID -> its elements (device_chunks)
-        self._position: dict[str, int] = {}  # ID -> its element, as of the last rebuild
         self._hints: Optional[set[str]] = set()  # IDs changed since the last list; None: unknown
         self._hinted = 0  # versions the hints cover
+        self._unpatched()
+
+    def _unpatched(self) -> None:
+        """No buffer to patch: the next long list is built afresh (its length differs)."""
+        self._entries: list[Entry] = []  # what the buffer encodes, in order (a copy of our own)
+        self._parts: list[bytes] = []  # each entry's element, in order
+        self._buf = bytearray(PREFIX.pack(0, 0))  # the framed message of _entries, patched in place
+        self._offsets = _Offsets([])
+        self._position: dict[str, int] = {}  # ID -> its element, as of the last rebuild
 
     def hint(self, ids: Optional[Collection[str]]) -> None:
         """One change (one version of the resource) touched these IDs; ``None``: not said."""
@@ -133,8 +137,7 @@ class DeviceList:
             # was patched drops that state, and a longer one starts it afresh.
             self._hints = None
             if self._entries:
-                self._entries, self._parts, self._position = [], [], {}
-                self._buf, self._offsets = bytearray(), _Offsets([])
+                self._unpatched()
             return version, self._message
         told = self._told(version, entries)
         if told is not None:
