@@ -64,6 +64,11 @@ class EventRecord:
     changes: tuple[ChangeRecord, ...]
 
 
+def _quantile_us(ordered: list[int], q: float) -> float:
+    """The ``q`` quantile of sorted nanoseconds (nearest rank), in µs to one decimal."""
+    return round(ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))] / 1e3, 1)
+
+
 class Telemetry:
     def __init__(
         self,
@@ -176,11 +181,10 @@ class Telemetry:
         if reads:
             out["before"] = (READ,)
         for q, name in ((0.5, "p50_us"), (0.9, "p90_us"), (0.99, "p99_us")):
-            k = min(len(samples) - 1, int(q * (len(samples) - 1) + 0.5))
-            out[name] = {**{stage: round(col[k] / 1e3, 1) for stage, col in zip(STAGES, columns)},
-                         "total": round(totals[k] / 1e3, 1), "own": round(owns[k] / 1e3, 1)}
+            out[name] = {**{stage: _quantile_us(col, q) for stage, col in zip(STAGES, columns)},
+                         "total": _quantile_us(totals, q), "own": _quantile_us(owns, q)}
             if reads:
-                out[name][READ] = round(reads[min(len(reads) - 1, int(q * (len(reads) - 1) + 0.5))] / 1e3, 1)
+                out[name][READ] = _quantile_us(reads, q)
         return out
 
     def on_registration(self, resource: str, ok: bool) -> None:
